@@ -1,0 +1,1 @@
+"""The eartalk engine: plugin system, condition-token protocol, config, model and streaming."""

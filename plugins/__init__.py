@@ -1,0 +1,10 @@
+"""Built-in plugins, registered through the same hooks as third-party plugins."""
+
+from __future__ import annotations
+
+from eartalk.core.hookspecs import hookimpl
+
+
+@hookimpl
+def register_conditions() -> list[type]:
+    return []
