@@ -46,11 +46,20 @@ class ToyCondition(ConditionPlugin):
         return self.proj(signal).reshape(batch, frames, self.slots, self.d_model)
 
 
+@attrs.frozen
+class ToyAudioOptions(ToyOptions):
+    """Options of :class:`ToyAudio` (four values, two slots by default)."""
+
+    dim: int = 4
+    slots: int = 2
+
+
 class ToyAudio(ToyCondition):
     """A second toy plugin (two slots) so stacks of several plugins can be tested."""
 
     name = "toy_audio"
     description = "test plugin: two slots from metadata['toy_audio']"
+    Options = ToyAudioOptions
 
-    def __init__(self, d_model: int, options: ToyOptions | None = None) -> None:
-        super().__init__(d_model, options or ToyOptions(dim=4, slots=2))
+    def __init__(self, d_model: int, options: ToyAudioOptions | None = None) -> None:
+        super().__init__(d_model, options or ToyAudioOptions())

@@ -77,6 +77,7 @@ class ConditionPlugin(nn.Module):
     description: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
     requires: ClassVar[frozenset[str]] = frozenset()
+    required_methods: ClassVar[tuple[str, ...]] = ("extract", "encode")
 
     def __init__(self, d_model: int, options: Any = None, *, slots: int, signal_dim: int) -> None:
         super().__init__()

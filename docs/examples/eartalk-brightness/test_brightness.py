@@ -1,0 +1,16 @@
+"""The plugin's own tests: eartalk's conformance kit run against Brightness."""
+
+import torch
+
+from eartalk.conditions.conformance import ConditionPluginConformance
+from eartalk.core.types import Sample
+from eartalk_brightness import Brightness
+
+
+class TestBrightness(ConditionPluginConformance):
+    plugin_class = Brightness
+    registered = True  # installed through the entry point
+
+    def make_sample(self) -> Sample:
+        frames = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8)
+        return Sample(frames=frames)
