@@ -1,4 +1,4 @@
-"""Built-in recipes, registered through the same hooks as third-party plugins."""
+"""Built-in recipes (Lightning entry points) and their commands, registered through the hooks."""
 
 from __future__ import annotations
 
@@ -7,4 +7,14 @@ from eartalk.core.hookspecs import hookimpl
 
 @hookimpl
 def register_recipes() -> list[type]:
-    return []
+    from eartalk.recipes.train import TrainRecipe
+    from eartalk.recipes.vae import VAERecipe
+
+    return [TrainRecipe, VAERecipe]
+
+
+@hookimpl
+def register_commands() -> list[type]:
+    from eartalk.recipes.commands import COMMANDS
+
+    return list(COMMANDS)

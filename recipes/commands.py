@@ -1,0 +1,90 @@
+"""Recipe-driven CLI commands: ``train``, ``generate`` and ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from eartalk.core.commands import Command, load_recipe_config
+
+
+class TrainCommand(Command):
+    name = "train"
+    help = "run a training recipe from a YAML config (train, vae, ...) with key=value overrides"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("config", help="recipe YAML (see recipes/configs/ or `eartalk recipes`)")
+        parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. trainer.max_steps=50")
+
+    def run(self, args: argparse.Namespace) -> int:
+        recipe_cls, config = load_recipe_config(args.config, args.overrides)
+        result = recipe_cls().run(config, args.overrides)
+        print(f"{recipe_cls.name}: done -> {result}")
+        return 0
+
+
+class GenerateCommand(Command):
+    name = "generate"
+    help = "generate a talking-head mp4 from a portrait, speech and optional frame-wise controls"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--checkpoint", required=True, help="a `train` recipe checkpoint (.ckpt)")
+        parser.add_argument("--portrait", required=True, help="image with one face (the identity)")
+        parser.add_argument("--audio", help="speech (wav, mp3, m4a, or a video's audio track)")
+        parser.add_argument("--out", required=True, help="output .mp4")
+        parser.add_argument("--frames", type=int, help="number of frames (default: the audio's length)")
+        parser.add_argument(
+            "--control", action="append", default=[], metavar="NAME=VALUE[@START:STOP]",
+            help="a control for a frame range, e.g. emotion=happy@25:100, head_pose=pose.csv, blink=off@0:50",
+        )
+        parser.add_argument("--steps", type=int, help="MAR unmasking steps K per frame")
+        parser.add_argument("--denoise", type=int, help="diffusion steps D per token")
+        parser.add_argument("--cfg", type=float, help="classifier-free guidance scale")
+        parser.add_argument("--temperature", type=float, help="sampling temperature")
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--landmarker", help="MediaPipe face_landmarker.task (or $EARTALK_FACE_LANDMARKER)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from eartalk.recipes.generate import generate_video
+
+        sampling = {"seed": args.seed}
+        for key, value in (("steps", args.steps), ("denoise_steps", args.denoise), ("cfg", args.cfg), ("temperature", args.temperature)):
+            if value is not None:
+                sampling[key] = value
+        path = generate_video(args.checkpoint, args.portrait, args.audio, args.out, args.control, args.frames, sampling, args.landmarker)
+        print(f"wrote {path}")
+        return 0
+
+
+class DemoCommand(Command):
+    name = "demo"
+    help = "end-to-end CPU demo: synthesise data, train the VAE and the model, generate a controlled video"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--out", default="runs/demo", help="output folder")
+        parser.add_argument("--preset", default="tiny", choices=["tiny", "small"], help="model size")
+        parser.add_argument("--clips", type=int, default=12, help="synthetic training clips")
+        parser.add_argument("--seconds", type=float, default=4.0, help="seconds per clip")
+        parser.add_argument("--vae-steps", type=int, default=300)
+        parser.add_argument("--steps", type=int, default=400, help="training steps of the AR model")
+        parser.add_argument("--frames", type=int, default=75, help="frames to generate")
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from eartalk.recipes.demo import run_demo
+
+        summary = run_demo(
+            Path(args.out), preset=args.preset, clips=args.clips, seconds=args.seconds,
+            vae_steps=args.vae_steps, steps=args.steps, frames=args.frames, seed=args.seed,
+        )
+        if args.json:
+            print(json.dumps(summary, indent=2, default=str))
+        else:
+            for key, value in summary.items():
+                print(f"{key}: {value}")
+        return 0
+
+
+COMMANDS = [TrainCommand, GenerateCommand, DemoCommand]

@@ -1,0 +1,133 @@
+"""Pieces shared by the Lightning recipes: optimiser schedule, trainer, resume, loss plot."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from eartalk.core.errors import EartalkError
+from eartalk.recipes.config import OptimConfig, TrainerConfig
+
+log = logging.getLogger(__name__)
+
+
+def make_optimizer(params: Any, optim: OptimConfig, max_steps: int) -> dict[str, Any]:
+    """AdamW with linear warm-up and cosine decay to ``min_lr_ratio * lr`` (Lightning's dict form)."""
+    trainable = [p for p in params if p.requires_grad]
+    if not trainable:
+        raise EartalkError("nothing to train: every parameter is frozen (check `freeze` in the config)")
+    opt = torch.optim.AdamW(trainable, lr=optim.lr, betas=(optim.beta1, optim.beta2), weight_decay=optim.weight_decay)
+
+    def factor(step: int) -> float:
+        if step < optim.warmup_steps:
+            return (step + 1) / max(1, optim.warmup_steps)
+        progress = min(1.0, (step - optim.warmup_steps) / max(1, max_steps - optim.warmup_steps))
+        return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def check_finite(loss: torch.Tensor, step: int, out_dir: str | Path) -> None:
+    """Stop with a clear error (checkpoints already written stay) when the loss is NaN or inf."""
+    if not torch.isfinite(loss).all():
+        raise EartalkError(
+            f"training loss became {loss.item()} at step {step}. Checkpoints written so far are kept in "
+            f"{Path(out_dir) / 'checkpoints'}; lower optim.lr, raise optim.warmup_steps or use "
+            "trainer.precision=32-true, then resume (resume=true picks up last.ckpt)."
+        )
+
+
+def build_trainer(trainer_cfg: TrainerConfig, out_dir: str | Path, monitor: str = "val/loss") -> Any:
+    """A ``lightning.Trainer`` writing checkpoints (``last.ckpt`` for resuming) and CSV logs under ``out_dir``."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    out = Path(out_dir)
+    checkpoint = ModelCheckpoint(
+        dirpath=out / "checkpoints",
+        filename="step{step:06d}",
+        auto_insert_metric_name=False,
+        save_last=True,
+        every_n_train_steps=trainer_cfg.checkpoint_every_n_steps,
+        save_top_k=-1 if trainer_cfg.max_steps <= 10 * trainer_cfg.checkpoint_every_n_steps else 3,
+        monitor=None,
+    )
+    devices: Any = trainer_cfg.devices
+    if isinstance(devices, str) and devices.isdigit():
+        devices = int(devices)
+    return L.Trainer(
+        default_root_dir=str(out),
+        max_steps=trainer_cfg.max_steps,
+        accelerator=trainer_cfg.accelerator,
+        devices=devices,
+        strategy=trainer_cfg.strategy,
+        precision=trainer_cfg.precision,
+        gradient_clip_val=trainer_cfg.gradient_clip_val,
+        accumulate_grad_batches=trainer_cfg.accumulate_grad_batches,
+        log_every_n_steps=trainer_cfg.log_every_n_steps,
+        val_check_interval=trainer_cfg.val_every_n_steps,
+        check_val_every_n_epoch=None,
+        callbacks=[checkpoint],
+        logger=CSVLogger(str(out), name="logs", version=""),
+        enable_progress_bar=trainer_cfg.progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+
+
+def resume_path(out_dir: str | Path, resume: bool) -> str | None:
+    """``last.ckpt`` of a previous run in ``out_dir`` when resuming, else None."""
+    last = Path(out_dir) / "checkpoints" / "last.ckpt"
+    if resume and last.is_file():
+        log.info("resuming from %s", last)
+        return str(last)
+    return None
+
+
+def read_metrics(out_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """Logged metrics of a run: name -> [(step, value), ...] from the CSV logger."""
+    path = Path(out_dir) / "logs" / "metrics.csv"
+    series: dict[str, list[tuple[int, float]]] = {}
+    if not path.is_file():
+        return series
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            step = int(float(row.get("step") or 0))
+            for key, value in row.items():
+                if key in ("step", "epoch") or value in (None, ""):
+                    continue
+                series.setdefault(key, []).append((step, float(value)))
+    return series
+
+
+def plot_losses(out_dir: str | Path, name: str = "loss.png") -> Path | None:
+    """Plot every logged ``*loss*`` curve of a run to ``out_dir/name``; returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {k: v for k, v in read_metrics(out_dir).items() if "loss" in k}
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, points in sorted(series.items()):
+        steps, values = zip(*points, strict=True)
+        ax.plot(steps, values, label=key, marker="." if len(points) < 30 else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(out_dir) / name
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

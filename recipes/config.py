@@ -1,0 +1,117 @@
+"""Config schemas shared by the recipes (frozen attrs, structured strictly from YAML)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from eartalk.conditions.stack import ConditionSpec, validate_specs
+from eartalk.core.config import structure
+from eartalk.core.errors import ConfigError
+
+
+@attrs.frozen
+class DataConfig:
+    """Where training clips come from (a dataset written by ``eartalk prepare`` or ``eartalk synth``).
+
+    Attributes:
+        root: dataset folder.
+        clip_frames: frames per training clip (T > window + 1).
+        batch_size: clips per batch (per device).
+        val_fraction: share of clips held out for validation.
+        num_workers: DataLoader worker processes.
+    """
+
+    root: str = "data/synth"
+    clip_frames: int = 12
+    batch_size: int = 4
+    val_fraction: float = 0.1
+    num_workers: int = 0
+
+
+@attrs.frozen
+class ModelConfig:
+    """Model size and weights.
+
+    Attributes:
+        preset: ``tiny``, ``small`` or ``base`` (see ``eartalk model info``).
+        arch: overrides of preset fields (e.g. ``{window: 6}``), checked against ``ModelArch``.
+        vae_checkpoint: a frame VAE trained by the ``vae`` recipe (None: train from the random init).
+    """
+
+    preset: str = "tiny"
+    arch: dict[str, Any] = attrs.field(factory=dict)
+    vae_checkpoint: str | None = None
+
+
+@attrs.frozen
+class OptimConfig:
+    """AdamW with linear warm-up then cosine decay."""
+
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.95
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+
+
+@attrs.frozen
+class TrainerConfig:
+    """Arguments handed to ``lightning.Trainer`` (distribution is Lightning's job).
+
+    Attributes:
+        strategy: ``auto``, ``ddp``, ``fsdp``...; precision: ``32-true``, ``bf16-mixed``...
+    """
+
+    max_steps: int = 200
+    accelerator: str = "auto"
+    devices: str = "auto"
+    strategy: str = "auto"
+    precision: str = "32-true"
+    gradient_clip_val: float = 1.0
+    accumulate_grad_batches: int = 1
+    log_every_n_steps: int = 10
+    val_every_n_steps: int = 100
+    checkpoint_every_n_steps: int = 100
+    progress_bar: bool = True
+
+
+def arch_from(model: ModelConfig, source: str = "<config>") -> Any:
+    """The ``ModelArch`` of a model config (preset + strictly checked overrides)."""
+    from eartalk.core.errors import did_you_mean
+    from eartalk.core.config import unstructure
+    from eartalk.core.presets import PRESETS, ModelArch
+
+    if model.preset not in PRESETS:
+        raise ConfigError(
+            f"{source}: model.preset: unknown preset {model.preset!r}{did_you_mean(model.preset, PRESETS)}; "
+            f"choose from {', '.join(PRESETS)}"
+        )
+    data = unstructure(PRESETS[model.preset])
+    for key, value in model.arch.items():
+        if key == "sampling" and isinstance(value, dict):
+            data["sampling"] = {**data["sampling"], **value}
+        else:
+            data[key] = value
+    return structure(data, ModelArch, source=f"{source} (model.arch)")
+
+
+def validate_common(config: Any, source: str) -> None:
+    """Checks shared by the recipes: model preset/arch overrides and condition plugins."""
+    arch = arch_from(config.model, source)
+    if getattr(config, "conditions", None) is not None:
+        if not config.conditions:
+            raise ConfigError(f"{source}: conditions: list at least one condition plugin (e.g. audio)")
+        validate_specs(config.conditions, source)
+        window = getattr(arch, "window", 0)
+        if config.data.clip_frames <= window + 1:
+            raise ConfigError(
+                f"{source}: data.clip_frames={config.data.clip_frames} must exceed model window + 1 = {window + 1} "
+                "so training clips exercise the sliding window"
+            )
+
+
+def default_conditions() -> list[ConditionSpec]:
+    return [ConditionSpec(name) for name in ("audio", "voice_activity", "head_pose", "blink", "gaze", "emotion")]

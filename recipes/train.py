@@ -1,0 +1,173 @@
+"""``train`` recipe: the autoregressive model (backbone + MAR decoder + condition stack).
+
+The frame VAE is frozen (load one trained by the ``vae`` recipe with ``model.vae_checkpoint``).
+Fine-tuning is the same recipe with ``init_from`` (and optionally ``freeze``), e.g. on one person.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from eartalk.conditions.stack import ConditionSpec, ConditionStack
+from eartalk.core.config import save_resolved, structure, unstructure
+from eartalk.core.errors import ConfigError, InputError
+from eartalk.recipes.base import Recipe
+from eartalk.recipes.common import build_trainer, check_finite, make_optimizer, plot_losses, resume_path
+from eartalk.recipes.config import DataConfig, ModelConfig, OptimConfig, TrainerConfig, arch_from, default_conditions, validate_common
+
+log = logging.getLogger(__name__)
+
+try:  # Lightning is a hard dependency; the guard keeps `eartalk plugins` usable if it is broken.
+    import lightning as L
+except ImportError:  # pragma: no cover
+    L = None  # type: ignore[assignment]
+
+
+@attrs.frozen
+class TrainConfig:
+    """Config of the ``train`` recipe.
+
+    Attributes:
+        out_dir: run folder (checkpoints/, logs/, config.resolved.yaml, loss.png).
+        seed: global seed.
+        model: preset, arch overrides and the frozen VAE checkpoint.
+        conditions: the condition stack, in slot order.
+        data: training clips.
+        optim: optimiser.
+        trainer: Lightning trainer arguments.
+        init_from: checkpoint to start from (fine-tuning); new condition plugins start fresh.
+        freeze: parameter-name prefixes to keep fixed (e.g. ``model.backbone.blocks.0``).
+        resume: continue from ``out_dir/checkpoints/last.ckpt`` when it exists.
+        exposure_noise: std of noise added to context latents (exposure-bias mitigation), None = preset.
+    """
+
+    out_dir: str = "runs/train"
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+    conditions: list[ConditionSpec] = attrs.field(factory=default_conditions)
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    init_from: str | None = None
+    freeze: list[str] = attrs.field(factory=list)
+    resume: bool = True
+
+
+def build_model(arch: Any, specs: list[ConditionSpec], vae_checkpoint: str | None = None) -> Any:
+    """An :class:`EarTalkModel` for ``arch`` and condition ``specs`` (VAE weights from a checkpoint)."""
+    from eartalk.core.model import EarTalkModel
+
+    stack = ConditionStack.from_specs(specs, arch.width)
+    model = EarTalkModel(arch, stack)
+    if vae_checkpoint:
+        from eartalk.recipes.vae import load_vae_weights
+
+        load_vae_weights(model.vae, vae_checkpoint)
+    return model
+
+
+if L is not None:
+
+    class EarTalkModule(L.LightningModule):
+        """Lightning wrapper: teacher-forced training of the AR model with the frozen VAE."""
+
+        def __init__(self, config: dict[str, Any]) -> None:
+            super().__init__()
+            self.save_hyperparameters({"config": config})
+            self.cfg = structure(config, TrainConfig)
+            self.arch = arch_from(self.cfg.model)
+            self.model = build_model(self.arch, self.cfg.conditions, self.cfg.model.vae_checkpoint)
+            self.model.vae.requires_grad_(False)
+            if self.cfg.init_from:
+                load_weights(self.model, self.cfg.init_from)
+            for name, param in self.named_parameters():
+                if any(name.startswith(prefix) for prefix in self.cfg.freeze):
+                    param.requires_grad_(False)
+
+        def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+            self.model.vae.eval()
+            losses = self.model.loss(batch)
+            check_finite(losses["loss"], self.global_step, self.cfg.out_dir)
+            self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=True, batch_size=batch["frames"].shape[0])
+            return losses["loss"]
+
+        def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+            losses = self.model.loss(batch)
+            self.log("val/loss", losses["loss"], prog_bar=True, batch_size=batch["frames"].shape[0])
+
+        def configure_optimizers(self) -> dict[str, Any]:
+            return make_optimizer(self.parameters(), self.cfg.optim, self.cfg.trainer.max_steps)
+
+
+def load_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Load model weights from a Lightning or eartalk checkpoint; new/removed parts are reported."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"init_from: checkpoint {path} does not exist")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    state = ckpt.get("state_dict", ckpt.get("model", ckpt))
+    state = {k.removeprefix("model."): v for k, v in state.items()}
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    skipped = sorted(set(state) - set(usable))
+    missing = sorted(set(own) - set(usable))
+    model.load_state_dict(usable, strict=False)
+    log.info("loaded %d tensors from %s (%d new in this model, %d not used)", len(usable), path, len(missing), len(skipped))
+    if not usable:
+        raise InputError(f"init_from: {path} shares no weights with this model (different preset?)")
+
+
+def load_trained(path: str | Path, map_location: str = "cpu") -> Any:
+    """The :class:`EarTalkModel` saved in a ``train`` recipe checkpoint (eval mode)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"checkpoint {path} does not exist; train one with `eartalk train CONFIG`")
+    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    config = ckpt.get("hyper_parameters", {}).get("config")
+    if config is None:
+        raise InputError(f"{path} is not an eartalk `train` checkpoint (no config in its hyper-parameters)")
+    cfg = structure(config, TrainConfig)
+    model = build_model(arch_from(cfg.model), cfg.conditions)
+    model.load_state_dict({k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()})
+    return model.eval()
+
+
+class TrainRecipe(Recipe):
+    name = "train"
+    description = "train the autoregressive model (backbone + MAR decoder + conditions) with Lightning"
+    Config = TrainConfig
+
+    @classmethod
+    def validate(cls, config: TrainConfig, source: str) -> None:
+        # Checkpoint files are checked when the run starts: a config may name one a previous
+        # step of the pipeline has not written yet.
+        validate_common(config, source)
+
+    def run(self, config: TrainConfig, overrides: list[str] | None = None) -> Path:
+        from eartalk.core.dataset import TalkingHeadDataModule
+
+        for key, value in (("model.vae_checkpoint", config.model.vae_checkpoint), ("init_from", config.init_from)):
+            if value and not Path(value).is_file():
+                raise ConfigError(f"{key}: {value} does not exist")
+        L.seed_everything(config.seed, workers=True)
+        out = Path(config.out_dir)
+        save_resolved(config, out)
+        module = EarTalkModule(unstructure(config))
+        data = TalkingHeadDataModule(
+            config.data.root,
+            clip_frames=config.data.clip_frames,
+            batch_size=config.data.batch_size,
+            stack=module.model.stack,
+            val_fraction=config.data.val_fraction,
+            num_workers=config.data.num_workers,
+            seed=config.seed,
+        )
+        trainer = build_trainer(config.trainer, out)
+        trainer.fit(module, datamodule=data, ckpt_path=resume_path(out, config.resume))
+        plot_losses(out)
+        return out / "checkpoints" / "last.ckpt"

@@ -1,0 +1,135 @@
+"""``vae`` recipe: train the causal 3D frame VAE (reconstruction + KL), then fit latent statistics.
+
+Its checkpoint is what ``model.vae_checkpoint`` of the ``train`` recipe points at.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from eartalk.core.config import save_resolved, structure, unstructure
+from eartalk.core.errors import InputError
+from eartalk.recipes.base import Recipe
+from eartalk.recipes.common import build_trainer, check_finite, make_optimizer, plot_losses, resume_path
+from eartalk.recipes.config import DataConfig, ModelConfig, OptimConfig, TrainerConfig, arch_from, validate_common
+
+try:
+    import lightning as L
+except ImportError:  # pragma: no cover
+    L = None  # type: ignore[assignment]
+
+
+@attrs.frozen
+class VAEConfig:
+    """Config of the ``vae`` recipe (see :class:`eartalk.recipes.train.TrainConfig` for the shared parts).
+
+    Attributes:
+        stats_batches: batches used to fit the latent mean/std after training.
+    """
+
+    out_dir: str = "runs/vae"
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig(lr=1e-3, weight_decay=0.0, warmup_steps=20)
+    trainer: TrainerConfig = TrainerConfig()
+    stats_batches: int = 8
+    resume: bool = True
+
+
+def make_vae(arch: Any) -> torch.nn.Module:
+    """The frame VAE of a ``ModelArch``."""
+    from eartalk.core.vae import FrameVAE
+
+    return FrameVAE(
+        channels=arch.vae_channels,
+        latent_channels=arch.latent_channels,
+        res_blocks=arch.vae_res_blocks,
+        temporal_kernel=arch.vae_temporal_kernel,
+        kl_weight=arch.vae_kl_weight,
+        recon=arch.vae_recon,
+    )
+
+
+def load_vae_weights(vae: torch.nn.Module, path: str | Path) -> None:
+    """Load a ``vae`` recipe checkpoint (Lightning ``state_dict`` with ``vae.`` prefix) into ``vae``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"model.vae_checkpoint: {path} does not exist; train one with `eartalk train vae_*.yaml`")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    state = ckpt.get("state_dict", ckpt)
+    state = {k.removeprefix("vae."): v for k, v in state.items() if k.startswith("vae.") or "state_dict" not in ckpt}
+    try:
+        vae.load_state_dict(state)
+    except RuntimeError as err:
+        raise InputError(f"model.vae_checkpoint: {path} does not match this model's VAE (other preset?): {err}") from None
+
+
+if L is not None:
+
+    class FrameVAEModule(L.LightningModule):
+        """Lightning wrapper of :class:`~eartalk.core.vae.FrameVAE` training."""
+
+        def __init__(self, config: dict[str, Any]) -> None:
+            super().__init__()
+            self.save_hyperparameters({"config": config})
+            self.cfg = structure(config, VAEConfig)
+            self.vae = make_vae(arch_from(self.cfg.model))
+
+        def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+            losses = self.vae.loss(batch["frames"])
+            check_finite(losses["loss"], self.global_step, self.cfg.out_dir)
+            self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=True, batch_size=batch["frames"].shape[0])
+            return losses["loss"]
+
+        def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+            losses = self.vae.loss(batch["frames"])
+            self.log("val/loss", losses["loss"], prog_bar=True, batch_size=batch["frames"].shape[0])
+            self.log("val/recon", losses["recon"], batch_size=batch["frames"].shape[0])
+
+        def on_train_end(self) -> None:
+            loader = self.trainer.datamodule.train_dataloader()
+            clips = (b["frames"].to(self.device) for i, b in zip(range(self.cfg.stats_batches), loader, strict=False))
+            self.vae.eval()
+            self.vae.fit_latent_stats(clips)
+
+        def configure_optimizers(self) -> dict[str, Any]:
+            return make_optimizer(self.parameters(), self.cfg.optim, self.cfg.trainer.max_steps)
+
+
+class VAERecipe(Recipe):
+    name = "vae"
+    description = "train the causal 3D frame VAE and fit its latent normalisation"
+    Config = VAEConfig
+
+    @classmethod
+    def validate(cls, config: VAEConfig, source: str) -> None:
+        validate_common(config, source)
+
+    def run(self, config: VAEConfig, overrides: list[str] | None = None) -> Path:
+        from eartalk.core.dataset import TalkingHeadDataModule
+
+        L.seed_everything(config.seed, workers=True)
+        out = Path(config.out_dir)
+        save_resolved(config, out)
+        module = FrameVAEModule(unstructure(config))
+        data = TalkingHeadDataModule(
+            config.data.root,
+            clip_frames=config.data.clip_frames,
+            batch_size=config.data.batch_size,
+            stack=None,
+            val_fraction=config.data.val_fraction,
+            num_workers=config.data.num_workers,
+            seed=config.seed,
+        )
+        trainer = build_trainer(config.trainer, out)
+        trainer.fit(module, datamodule=data, ckpt_path=resume_path(out, config.resume))
+        # Latent statistics are fitted after the last step: save them in a final checkpoint.
+        final = out / "checkpoints" / "vae.ckpt"
+        trainer.save_checkpoint(final)
+        plot_losses(out)
+        return final
