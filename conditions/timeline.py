@@ -12,7 +12,6 @@ from typing import Any
 
 import attrs
 import torch
-
 from eartalk.conditions.stack import ConditionStack
 
 

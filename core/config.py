@@ -20,7 +20,6 @@ import attrs
 import cattrs
 import yaml
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
-
 from eartalk.core.errors import ConfigError, did_you_mean
 
 T = TypeVar("T")

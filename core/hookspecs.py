@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from eartalk.core.protocol import ConditionPlugin
     from eartalk.core.commands import Command
+    from eartalk.core.protocol import ConditionPlugin
     from eartalk.metrics.base import MetricPlugin
     from eartalk.recipes.base import Recipe
 

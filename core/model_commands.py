@@ -1,11 +1,128 @@
-"""CLI subcommands (registered through ``register_commands``)."""
+"""CLI subcommands of the engine: ``eartalk model info`` and ``eartalk bench stream``.
+
+Both build the condition stack from the registry by plugin name (default: the built-in stack's
+conditions that are installed, see :func:`eartalk.core.bench.default_conditions`).
+"""
 
 from __future__ import annotations
 
-from eartalk.core.commands import Command
+import argparse
+from typing import Any
+
+from eartalk.core.commands import Command, print_json
 from eartalk.core.hookspecs import hookimpl
+
+
+def _names(text: str | None) -> list[str] | None:
+    if not text:
+        return None
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    from eartalk.core.presets import PRESETS
+
+    parser.add_argument("--preset", default="small", choices=sorted(PRESETS), help="model preset (default: small)")
+    parser.add_argument(
+        "--conditions",
+        help="comma-separated condition plugins (default: the built-in stack's installed conditions)",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+class ModelCommand(Command):
+    name = "model"
+    help = "model sizes: parameters per component, tokens, slots, window, FLOPs per frame"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        sub = parser.add_subparsers(dest="action", required=True)
+        info = sub.add_parser("info", help="parameter counts (meta device) and FLOPs per generated frame")
+        _add_common(info)
+
+    def run(self, args: argparse.Namespace) -> int:
+        from eartalk.core.bench import model_info
+
+        info = model_info(args.preset, _names(args.conditions))
+        if args.json:
+            print_json(info)
+            return 0
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"eartalk model {info['preset']}")
+        table.add_column("item")
+        table.add_column("value", justify="right")
+        for part, count in info["params"].items():
+            table.add_row(f"params {part}", f"{count:,}")
+        table.add_row("params backbone + decoder", f"{info['params_backbone_decoder']:,}")
+        table.add_row("params total", f"{info['params_total']:,}")
+        table.add_row("conditions", ", ".join(info["conditions"]))
+        for key in ("resolution", "tokens_per_frame", "token_dim", "slots", "block_tokens", "window", "period"):
+            table.add_row(key.replace("_", " "), str(info[key]))
+        s = info["sampling"]
+        table.add_row("sampling", f"K={s['steps']} D={s['denoise_steps']} cfg={s['cfg']} T={s['temperature']}")
+        table.add_row("GFLOPs per frame", f"{info['flops_per_frame'] / 1e9:,.2f}")
+        for part, flops in info["flops_per_frame_parts"].items():
+            table.add_row(f"  {part}", f"{flops / 1e9:,.2f}")
+        Console().print(table)
+        return 0
+
+
+class BenchCommand(Command):
+    name = "bench"
+    help = "benchmarks: streaming latency, memory, kv-cache speed-up, efficiency"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        sub = parser.add_subparsers(dest="action", required=True)
+        stream = sub.add_parser("stream", help="stream frames with untrained weights and time them")
+        _add_common(stream)
+        stream.add_argument("--frames", type=int, default=64, help="frames to stream (default 64)")
+        stream.add_argument("--warmup", type=int, default=2, help="frames left out of the statistics (default 2)")
+        stream.add_argument("--nocache-frames", type=int, default=4, help="frames timed without kv-cache (default 4)")
+        stream.add_argument("--device", default="cpu", help="torch device (default cpu)")
+        stream.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+        stream.add_argument("--steps", type=int, help="K, MAR steps (default: the preset's)")
+        stream.add_argument("--denoise-steps", type=int, help="D, diffusion steps (default: the preset's)")
+        stream.add_argument("--cfg", type=float, help="guidance scale (default: the preset's)")
+        stream.add_argument("--seed", type=int, default=0)
+
+    def run(self, args: argparse.Namespace) -> int:
+        import torch
+        from eartalk.core.bench import bench_stream
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        sampling: dict[str, Any] = {}
+        for key, value in (("steps", args.steps), ("denoise_steps", args.denoise_steps), ("cfg", args.cfg)):
+            if value is not None:
+                sampling[key] = value
+        kwargs: dict[str, Any] = {"sampling": sampling} if sampling else {}
+        common = dict(
+            preset=args.preset,
+            frames=args.frames,
+            warmup=args.warmup,
+            conditions=_names(args.conditions),
+            device=args.device,
+            nocache_frames=args.nocache_frames,
+            seed=args.seed,
+            **kwargs,
+        )
+        if args.json:
+            result = bench_stream(**common)
+            print_json(result)
+            return 0
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(TextColumn("streaming"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
+            task = bar.add_task("frames", total=None)
+            result = bench_stream(progress=lambda done, total: bar.update(task, completed=done, total=total), **common)
+        console = Console()
+        for key, value in result.items():
+            console.print(f"[bold]{key}[/bold]: {value}")
+        return 0
 
 
 @hookimpl
 def register_commands() -> list[type[Command]]:
-    return []
+    return [ModelCommand, BenchCommand]

@@ -14,7 +14,7 @@ class TrainCommand(Command):
     help = "run a training recipe from a YAML config (train, vae, ...) with key=value overrides"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("config", help="recipe YAML (see recipes/configs/ or `eartalk recipes`)")
+        parser.add_argument("config", help="recipe YAML (see recipes/configs/; `eartalk plugins --kind recipe` lists recipes)")
         parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. trainer.max_steps=50")
 
     def run(self, args: argparse.Namespace) -> int:

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from eartalk.core.errors import EartalkError
 from eartalk.recipes.config import OptimConfig, TrainerConfig
 

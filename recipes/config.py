@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
-
 from eartalk.conditions.stack import ConditionSpec, validate_specs
 from eartalk.core.config import structure
 from eartalk.core.errors import ConfigError
@@ -80,8 +79,8 @@ class TrainerConfig:
 
 def arch_from(model: ModelConfig, source: str = "<config>") -> Any:
     """The ``ModelArch`` of a model config (preset + strictly checked overrides)."""
-    from eartalk.core.errors import did_you_mean
     from eartalk.core.config import unstructure
+    from eartalk.core.errors import did_you_mean
     from eartalk.core.presets import PRESETS, ModelArch
 
     if model.preset not in PRESETS:

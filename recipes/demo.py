@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from eartalk.core.config import structure
 from eartalk.core.types import SAMPLES_PER_FRAME, VIDEO_FPS
 

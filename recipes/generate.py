@@ -19,7 +19,6 @@ from typing import Any
 
 import attrs
 import torch
-
 from eartalk.core.errors import InputError
 from eartalk.core.types import SAMPLES_PER_FRAME, VIDEO_FPS
 
@@ -67,12 +66,9 @@ def parse_control(text: str) -> ControlEdit:
 
 def load_reference(portrait: str | Path, resolution: int, landmarker: str | None = None) -> torch.Tensor:
     """Face crop of a portrait as ``(3, R, R)`` in [-1, 1] (clear error when no face is found)."""
-    from eartalk.core.face import FaceAnalyzer, crop_portrait
-    from eartalk.core.media import read_image
+    from eartalk.core.media import read_portrait
 
-    image = read_image(portrait)
-    with FaceAnalyzer(landmarker) as analyzer:
-        crop = crop_portrait(image, resolution, analyzer=analyzer)  # (3, R, R) uint8
+    crop = read_portrait(portrait, resolution, landmarker)  # (3, R, R) uint8
     return crop.float() / 127.5 - 1.0
 
 
@@ -106,7 +102,7 @@ def run_session(
         task = bar.add_task("generating frames", total=num_frames)
         for _ in range(num_frames):
             out = session.step()
-            frames.append(to_uint8(out.pixels))
+            frames.append(to_uint8(out.pixels[0]))  # (3, R, R)
             bar.advance(task)
     return torch.stack(frames)
 

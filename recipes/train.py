@@ -12,13 +12,20 @@ from typing import Any
 
 import attrs
 import torch
-
-from eartalk.conditions.stack import ConditionSpec, ConditionStack
+from eartalk.conditions.stack import ConditionSpec
 from eartalk.core.config import save_resolved, structure, unstructure
 from eartalk.core.errors import ConfigError, InputError
 from eartalk.recipes.base import Recipe
 from eartalk.recipes.common import build_trainer, check_finite, make_optimizer, plot_losses, resume_path
-from eartalk.recipes.config import DataConfig, ModelConfig, OptimConfig, TrainerConfig, arch_from, default_conditions, validate_common
+from eartalk.recipes.config import (
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    TrainerConfig,
+    arch_from,
+    default_conditions,
+    validate_common,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +67,9 @@ class TrainConfig:
 
 def build_model(arch: Any, specs: list[ConditionSpec], vae_checkpoint: str | None = None) -> Any:
     """An :class:`EarTalkModel` for ``arch`` and condition ``specs`` (VAE weights from a checkpoint)."""
-    from eartalk.core.model import EarTalkModel
+    from eartalk.core import model as engine
 
-    stack = ConditionStack.from_specs(specs, arch.width)
-    model = EarTalkModel(arch, stack)
+    model = engine.build_model(arch, specs)
     if vae_checkpoint:
         from eartalk.recipes.vae import load_vae_weights
 
@@ -169,5 +175,8 @@ class TrainRecipe(Recipe):
         )
         trainer = build_trainer(config.trainer, out)
         trainer.fit(module, datamodule=data, ckpt_path=resume_path(out, config.resume))
+        # The final state is always `last.ckpt` (periodic saves need not land on the last step).
+        final = out / "checkpoints" / "last.ckpt"
+        trainer.save_checkpoint(final)
         plot_losses(out)
-        return out / "checkpoints" / "last.ckpt"
+        return final

@@ -10,7 +10,6 @@ from typing import Any
 
 import attrs
 import torch
-
 from eartalk.core.config import save_resolved, structure, unstructure
 from eartalk.core.errors import InputError
 from eartalk.recipes.base import Recipe

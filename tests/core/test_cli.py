@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from eartalk.core.cli import main
 from eartalk.core.registry import get_registry
 

@@ -1,0 +1,428 @@
+"""GPT-style frame transformer with Sink Frame Window Attention (SFA) and the adaLN sink.
+
+Sequence layout (one block per frame)::
+
+    block 0 (sink):  [ N reference-latent tokens ]
+    block t >= 1:    [ K condition slots of frame t | N latent tokens of frame t - 1 ]
+
+(For t = 1 the previous frame is the reference.) The outputs at the N visual positions of block t
+are the context ``z_t`` from which the MAR decoder generates frame t.
+
+Attention rule: a query in block t sees a key in block s iff ``s == 0 or t - W < s <= t``;
+everything inside a block sees everything (bidirectional audio-visual attention). The mask acts in
+every layer, as in a sliding-window LM: with depth L a block's output can depend on inputs up to
+``L * (W - 1)`` blocks back through the keys/values of its window (this is what the kv-cache stores),
+never on anything later and never on anything further back.
+
+Positions:
+    * inside a frame: learned 2D (row + column) embeddings of the N visual tokens, identical in
+      every block; condition slots carry the stack's per-plugin type embedding; a learned role
+      embedding tells sink / slot / visual tokens apart;
+    * frame position: a rotary embedding of the cyclic frame index ``t mod P`` on a share of each
+      head's dims, with integer harmonics of ``2 pi / P`` so ``R(t mod P) = R(t)`` exactly. Scores
+      between frame blocks then depend only on ``t - s`` (< W < P, no aliasing), never on t itself.
+      The sink has its own, position-free place: its rotary channels are zero, so its scores do
+      not depend on t either. Together: with the same sink and the same cached window, the output
+      of frame t does not depend on t (a model trained on T-frame clips runs for hours).
+
+adaLN sink: an identity vector pooled from the reference latents modulates every block through
+adaLN-Zero (shift, scale and gate of attention and MLP; the modulation layers are zero-initialised,
+so every block starts as the identity).
+
+Streaming: :class:`KVCache` holds the sink's keys/values and a ring of W block slots per layer;
+:meth:`Backbone.step` runs one block against it (constant cost and memory per frame).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from eartalk.core.presets import harmonics
+from torch import nn
+
+
+def block_mask(q_blocks: torch.Tensor, k_blocks: torch.Tensor, window: int) -> torch.Tensor:
+    """SFA + FCA attention rule as a boolean matrix (True = may attend).
+
+    Args:
+        q_blocks: ``(Sq,)`` block index of every query token (0 = sink).
+        k_blocks: ``(Sk,)`` block index of every key token.
+        window: W.
+
+    Returns:
+        ``(Sq, Sk)`` bool: ``s == 0 or t - W < s <= t``.
+    """
+    t = q_blocks[:, None]
+    s = k_blocks[None, :]
+    return (s == 0) | ((s > t - window) & (s <= t))
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: ``x * (1 + scale) + shift`` with per-sample ``(B, D)`` shift/scale."""
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class FrameRotary(nn.Module):
+    """Rotary embedding of the cyclic frame index on the first ``rot_dims`` dims of each head.
+
+    Args:
+        head_dim: attention head width.
+        fraction: share of the head rotated (rounded down to an even number of dims).
+        period: P; angles are ``2 pi * k * (t mod P) / P`` for integer harmonics k.
+    """
+
+    def __init__(self, head_dim: int, fraction: float, period: int) -> None:
+        super().__init__()
+        self.rot_dims = int(head_dim * fraction) // 2 * 2
+        self.period = period
+        freqs = torch.tensor(harmonics(self.rot_dims // 2, period), dtype=torch.float32) * (2 * math.pi / period)
+        self.register_buffer("freqs", freqs, persistent=False)  # (rot_dims / 2,)
+
+    def tables(self, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``cos``/``sin`` tables ``(S, rot_dims / 2)`` for tokens in ``blocks`` ``(S,)``; zero for the sink."""
+        phase = torch.remainder(blocks, self.period).to(self.freqs.dtype)  # cyclic t mod P
+        angles = phase[:, None] * self.freqs[None]  # (S, rot/2)
+        keep = (blocks != 0).to(angles.dtype)[:, None]  # sink: no frame position, rotary channels off
+        return angles.cos() * keep, angles.sin() * keep
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Rotate ``x`` ``(B, H, S, hd)``."""
+        if self.rot_dims == 0:
+            return x
+        half = self.rot_dims // 2
+        x1, x2, rest = x[..., :half], x[..., half : self.rot_dims], x[..., self.rot_dims :]
+        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest], dim=-1)
+
+
+class KVCache:
+    """Per-layer keys/values of the sink and of a ring of W frame blocks (streaming state).
+
+    Block t is written to slot ``t mod W``, which overwrites (evicts) block ``t - W``: the cache
+    always holds the sink and exactly the blocks ``t - W + 1 .. t`` that block t may see.
+
+    Args:
+        layers, batch, heads, head_dim: sizes of the backbone.
+        sink_len: N, tokens of the sink.
+        block_len: K + N, tokens of a frame block.
+        window: W.
+    """
+
+    def __init__(
+        self,
+        layers: int,
+        batch: int,
+        heads: int,
+        head_dim: int,
+        sink_len: int,
+        block_len: int,
+        window: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.sink_len, self.block_len, self.window = sink_len, block_len, window
+        size = sink_len + window * block_len
+        self.k = torch.zeros(layers, batch, heads, size, head_dim, device=device, dtype=dtype)  # (L, B, H, S, hd)
+        self.v = torch.zeros_like(self.k)
+        self.valid = torch.zeros(size, dtype=torch.bool, device=device)  # (S,)
+        self.slot_blocks: list[int | None] = [None] * window
+        self.region = (0, sink_len)
+
+    def begin_sink(self) -> None:
+        self.region = (0, self.sink_len)
+        self.valid[: self.sink_len] = True
+
+    def begin_block(self, t: int) -> None:
+        """Make slot ``t mod W`` the write region of block t (evicting block t - W)."""
+        slot = t % self.window
+        start = self.sink_len + slot * self.block_len
+        self.region = (start, start + self.block_len)
+        self.slot_blocks[slot] = t
+        self.valid[start : start + self.block_len] = True
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store ``k``/``v`` ``(B, H, L, hd)`` of the current region; return the layer's full buffers."""
+        a, b = self.region
+        self.k[layer, :, :, a:b] = k
+        self.v[layer, :, :, a:b] = v
+        return self.k[layer], self.v[layer]
+
+    def key_mask(self) -> torch.Tensor:
+        """``(1, 1, 1, S)`` bool: the keys a query of the current block may see."""
+        if self.region[0] == 0:  # the sink sees only itself
+            mask = torch.zeros_like(self.valid)
+            mask[: self.sink_len] = True
+            return mask[None, None, None]
+        return self.valid[None, None, None]
+
+    def cached_blocks(self) -> list[int]:
+        """Frame blocks currently held (sorted)."""
+        return sorted(b for b in self.slot_blocks if b is not None)
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.numel() * self.k.element_size() * 2 + self.valid.numel()
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention through ``scaled_dot_product_attention`` with a boolean mask."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        rotary: FrameRotary | None = None,
+        cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        b, s, d = x.shape  # (B, S, D)
+        q, k, v = self.qkv(x).view(b, s, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # (B, H, S, hd)
+        if rotary is not None and cos_sin is not None:
+            q, k = rotary(q, *cos_sin), rotary(k, *cos_sin)
+        if cache is not None:
+            k, v = cache.write(layer, k, v)  # (B, H, S_cache, hd)
+            mask = cache.key_mask()
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, S, hd)
+        return self.proj(out.transpose(1, 2).reshape(b, s, d))
+
+
+class MLP(nn.Sequential):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+
+
+class BackboneBlock(nn.Module):
+    """Transformer block with adaLN-Zero modulation by the identity vector."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, identity_dim: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = MLP(dim, int(dim * mlp_ratio))
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(identity_dim, 6 * dim))
+        nn.init.zeros_(self.ada[1].weight)  # adaLN-Zero: gates start at 0, the block is the identity
+        nn.init.zeros_(self.ada[1].bias)
+
+    def modulation(self, identity: torch.Tensor) -> torch.Tensor:
+        """``(B, 6, D)``: shift/scale/gate of attention, then of the MLP."""
+        return self.ada(identity).unflatten(-1, (6, -1))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mod: torch.Tensor,
+        mask: torch.Tensor | None,
+        rotary: FrameRotary,
+        cos_sin: tuple[torch.Tensor, torch.Tensor],
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = mod.unbind(1)  # (B, D) each
+        x = x + gate1[:, None] * self.attn(modulate(self.norm1(x), shift1, scale1), mask, rotary, cos_sin, cache, layer)
+        return x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
+
+
+class Backbone(nn.Module):
+    """The frame transformer.
+
+    Args:
+        token_dim: width of a visual token (``C * p * p``).
+        num_tokens: N, visual tokens per frame.
+        grid: side of the token grid (``N = grid ** 2``).
+        num_slots: K, condition slots per frame.
+        cond_dim: width of the condition slots (projected to ``width`` if different).
+        width, heads, depth, mlp_ratio: transformer sizes.
+        identity_dim: width of the pooled identity vector.
+        window: W.
+        period: P (> W) of the cyclic frame positions.
+        frame_rope_fraction: share of each head's dims carrying the frame rotary.
+        context_noise: max std of the exposure-bias noise on previous-frame latents (training).
+    """
+
+    def __init__(
+        self,
+        token_dim: int,
+        num_tokens: int,
+        grid: int,
+        num_slots: int,
+        cond_dim: int,
+        width: int,
+        heads: int,
+        depth: int,
+        mlp_ratio: float = 4.0,
+        identity_dim: int = 32,
+        window: int = 4,
+        period: int = 8,
+        frame_rope_fraction: float = 0.5,
+        context_noise: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if period <= window:
+            raise ValueError(f"period P must be > window W, got P={period}, W={window}")
+        self.token_dim, self.num_tokens, self.grid, self.num_slots = token_dim, num_tokens, grid, num_slots
+        self.width, self.heads, self.depth = width, heads, depth
+        self.window, self.period = window, period
+        self.context_noise = context_noise
+        self.block_len = num_slots + num_tokens
+        # Inputs.
+        self.latent_in = nn.Linear(token_dim, width)
+        self.cond_in = nn.Identity() if cond_dim == width else nn.Linear(cond_dim, width)
+        self.row_embed = nn.Parameter(torch.randn(grid, width) * 0.02)  # (g, D) 2D positions
+        self.col_embed = nn.Parameter(torch.randn(grid, width) * 0.02)  # (g, D)
+        self.role_embed = nn.Parameter(torch.randn(3, width) * 0.02)  # sink / slot / visual
+        # adaLN sink: identity vector pooled from the reference latents (per-token MLP, mean, MLP).
+        self.id_in = nn.Linear(token_dim, identity_dim)
+        self.id_pos = nn.Parameter(torch.randn(num_tokens, identity_dim) * 0.02)
+        self.id_out = nn.Sequential(nn.SiLU(), nn.Linear(identity_dim, identity_dim))
+        # Transformer.
+        self.rotary = FrameRotary(width // heads, frame_rope_fraction, period)
+        self.blocks = nn.ModuleList(BackboneBlock(width, heads, mlp_ratio, identity_dim) for _ in range(depth))
+        self.norm_out = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(identity_dim, 2 * width))
+        nn.init.zeros_(self.ada_out[1].weight)
+        nn.init.zeros_(self.ada_out[1].bias)
+
+    # -- embeddings ------------------------------------------------------------------------------
+    def pos2d(self) -> torch.Tensor:
+        """``(N, D)`` 2D position embedding of the visual tokens (row-major)."""
+        return (self.row_embed[:, None] + self.col_embed[None]).reshape(self.num_tokens, self.width)
+
+    def identity(self, ref_tokens: torch.Tensor) -> torch.Tensor:
+        """Identity vector ``(B, identity_dim)`` pooled from reference tokens ``(B, N, c)``."""
+        h = F.silu(self.id_in(ref_tokens) + self.id_pos)  # (B, N, I)
+        return self.id_out(h.mean(dim=1))
+
+    def modulations(self, identity: torch.Tensor) -> list[torch.Tensor]:
+        """Per-layer adaLN parameters ``(B, 6, D)`` and the output's ``(B, 2, D)`` (last item)."""
+        mods = [blk.modulation(identity) for blk in self.blocks]
+        mods.append(self.ada_out(identity).unflatten(-1, (2, -1)))
+        return mods
+
+    def embed_sink(self, ref_tokens: torch.Tensor) -> torch.Tensor:
+        """Sink block ``(B, N, D)`` from reference tokens ``(B, N, c)``."""
+        return self.latent_in(ref_tokens) + self.pos2d() + self.role_embed[0]
+
+    def embed_blocks(self, cond: torch.Tensor, prev_tokens: torch.Tensor) -> torch.Tensor:
+        """Frame blocks ``(B, T, K + N, D)`` from slots ``(B, T, K, Dc)`` and previous latents ``(B, T, N, c)``."""
+        slots = self.cond_in(cond) + self.role_embed[1]  # (B, T, K, D)
+        visual = self.latent_in(prev_tokens) + self.pos2d() + self.role_embed[2]  # (B, T, N, D)
+        return torch.cat([slots, visual], dim=2)
+
+    def noise_context(self, prev_tokens: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Exposure-bias mitigation: per-frame Gaussian noise of std ``U(0, context_noise)``.
+
+        ``prev_tokens`` is ``(B, T, N, c)``; block 1's input (the reference) is left clean.
+        """
+        if self.context_noise <= 0:
+            return prev_tokens
+        b, t = prev_tokens.shape[:2]
+        std = torch.rand(b, t, 1, 1, generator=generator).to(prev_tokens.device) * self.context_noise
+        std[:, 0] = 0.0
+        noise = torch.randn(prev_tokens.shape, generator=generator).to(prev_tokens.device)
+        return prev_tokens + std.to(prev_tokens.dtype) * noise.to(prev_tokens.dtype)
+
+    # -- whole sequence (training, recomputation) -----------------------------------------------
+    def forward(
+        self,
+        ref_tokens: torch.Tensor,
+        cond: torch.Tensor,
+        prev_tokens: torch.Tensor,
+        start: int = 1,
+        return_all: bool = False,
+    ) -> torch.Tensor:
+        """All T frame blocks in one pass under the SFA mask (teacher forcing).
+
+        Args:
+            ref_tokens: ``(B, N, c)`` reference latent tokens (the sink).
+            cond: ``(B, T, K, Dc)`` condition slots of frames ``start .. start + T - 1``.
+            prev_tokens: ``(B, T, N, c)`` latent tokens of the frame before each of them.
+            start: block index of the first frame block (1 for a clip from its start).
+            return_all: return hidden states at every position ``(B, N + T * (K + N), D)``.
+
+        Returns:
+            ``(B, T, N, D)`` contexts z_t (outputs at the visual positions of every block).
+        """
+        b, t = cond.shape[:2]
+        if self.training:
+            prev_tokens = self.noise_context(prev_tokens)
+        x = torch.cat([self.embed_sink(ref_tokens), self.embed_blocks(cond, prev_tokens).flatten(1, 2)], dim=1)
+        blocks = self.token_blocks(t, start, x.device)  # (S,)
+        mask = block_mask(blocks, blocks, self.window)  # (S, S)
+        cos_sin = self.rotary.tables(blocks)
+        mods = self.modulations(self.identity(ref_tokens))
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, mods[i], mask, self.rotary, cos_sin)
+        shift, scale = mods[-1].unbind(1)
+        x = modulate(self.norm_out(x), shift, scale)  # (B, S, D)
+        if return_all:
+            return x
+        frames = x[:, self.num_tokens :].reshape(b, t, self.block_len, self.width)
+        return frames[:, :, self.num_slots :]  # (B, T, N, D)
+
+    def token_blocks(self, frames: int, start: int = 1, device: torch.device | str | None = None) -> torch.Tensor:
+        """``(N + T * (K + N),)`` block index of every position of a sequence."""
+        sink = torch.zeros(self.num_tokens, dtype=torch.long, device=device)
+        ids = torch.arange(start, start + frames, device=device).repeat_interleave(self.block_len)
+        return torch.cat([sink, ids])
+
+    # -- streaming --------------------------------------------------------------------------------
+    def new_cache(self, batch: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> KVCache:
+        return KVCache(
+            self.depth, batch, self.heads, self.width // self.heads, self.num_tokens, self.block_len, self.window, device, dtype
+        )
+
+    @torch.no_grad()
+    def open(self, ref_tokens: torch.Tensor) -> tuple[KVCache, list[torch.Tensor]]:
+        """Encode the sink once: cache its keys/values in every layer.
+
+        Args:
+            ref_tokens: ``(B, N, c)``.
+
+        Returns:
+            The cache and the per-layer modulations (constant for the session).
+        """
+        mods = self.modulations(self.identity(ref_tokens))
+        cache = self.new_cache(ref_tokens.shape[0], ref_tokens.device, ref_tokens.dtype)
+        cache.begin_sink()
+        x = self.embed_sink(ref_tokens)  # (B, N, D)
+        blocks = torch.zeros(self.num_tokens, dtype=torch.long, device=x.device)
+        cos_sin = self.rotary.tables(blocks)
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, mods[i], None, self.rotary, cos_sin, cache, i)
+        return cache, mods
+
+    @torch.no_grad()
+    def step(
+        self, cond: torch.Tensor, prev_tokens: torch.Tensor, t: int, cache: KVCache, mods: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """Run frame block t against the cache (sink + last W - 1 blocks) and cache it.
+
+        Args:
+            cond: ``(B, K, Dc)`` condition slots of frame t.
+            prev_tokens: ``(B, N, c)`` latent tokens of frame t - 1 (the reference for t = 1).
+            t: block index (>= 1).
+            cache, mods: from :meth:`open`.
+
+        Returns:
+            ``(B, N, D)`` context z_t.
+        """
+        if t < 1:
+            raise ValueError(f"frame blocks start at t = 1, got {t}")
+        x = self.embed_blocks(cond[:, None], prev_tokens[:, None])[:, 0]  # (B, K + N, D)
+        cache.begin_block(t)
+        blocks = torch.full((self.block_len,), t, dtype=torch.long, device=x.device)
+        cos_sin = self.rotary.tables(blocks)
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, mods[i], None, self.rotary, cos_sin, cache, i)
+        shift, scale = mods[-1].unbind(1)
+        x = modulate(self.norm_out(x), shift, scale)
+        return x[:, self.num_slots :]  # (B, N, D)

@@ -1,0 +1,356 @@
+"""Per-frame MAR decoder with a diffusion head (MAR's DiffLoss, continuous tokens).
+
+:class:`MARDecoder` is a small bidirectional transformer over the N visual tokens of frame t. Its
+input per token is the backbone context ``z_t`` plus the token itself if it is already known, or a
+learned mask token if not. Its output per token conditions :class:`DiffusionHead`, an MLP of adaLN
+residual blocks (timestep + context conditioning) that denoises that token.
+
+Training (:meth:`MARDecoder.loss`): a mask ratio from a truncated normal (min 0.7, mean 1.0, std
+0.25, at most 1), random order; the diffusion loss only on masked tokens, ``diffusion_batch_mul``
+timesteps per token.
+
+Inference (:meth:`MARDecoder.sample`): K unmasking steps in a random order with MAR's cosine
+schedule; the tokens unmasked at a step are denoised with D DDIM steps (respaced from the training
+schedule), with classifier-free guidance against the null-condition context and a temperature.
+
+Diffusion choices (ours, configurable in ``ModelArch``): 1000 training steps, cosine beta schedule
+(Nichol & Dhariwal) or linear, v-prediction (default; stable at few sampling steps) or epsilon.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from eartalk.core.backbone import MLP, Attention
+from eartalk.core.presets import cosine_mask_len
+from torch import nn
+
+
+# ---------------------------------------------------------------------------------------------
+# Noise schedule
+# ---------------------------------------------------------------------------------------------
+def make_alphas_cumprod(steps: int, schedule: str) -> torch.Tensor:
+    """``(steps,)`` cumulative products of ``1 - beta`` for a ``"cosine"`` or ``"linear"`` schedule."""
+    if schedule == "cosine":
+        s = 0.008
+        x = torch.linspace(0, steps, steps + 1, dtype=torch.float64) / steps
+        f = torch.cos((x + s) / (1 + s) * math.pi / 2) ** 2
+        betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)
+    elif schedule == "linear":
+        scale = 1000 / steps
+        betas = torch.linspace(scale * 1e-4, scale * 0.02, steps, dtype=torch.float64)
+    else:
+        raise ValueError(f"unknown noise schedule {schedule!r}")
+    return torch.cumprod(1 - betas, dim=0).float()
+
+
+class Diffusion(nn.Module):
+    """Gaussian diffusion on token vectors: training targets and DDIM sampling.
+
+    Args:
+        steps: training timesteps.
+        schedule: ``"cosine"`` or ``"linear"``.
+        prediction: ``"v"`` or ``"eps"``.
+    """
+
+    def __init__(self, steps: int = 1000, schedule: str = "cosine", prediction: str = "v") -> None:
+        super().__init__()
+        if prediction not in ("v", "eps"):
+            raise ValueError(f"prediction must be 'v' or 'eps', got {prediction!r}")
+        self.steps, self.prediction = steps, prediction
+        self.register_buffer("alphas_cumprod", make_alphas_cumprod(steps, schedule), persistent=False)
+
+    def _a(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a = self.alphas_cumprod[t][:, None]  # (M, 1)
+        return a.sqrt(), (1 - a).sqrt()
+
+    def noisy(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """``x_t`` of clean tokens ``(M, c)`` at timesteps ``(M,)``."""
+        sa, sb = self._a(t)
+        return sa * x0 + sb * noise
+
+    def target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """What the head predicts: ``v = sqrt(a) eps - sqrt(1 - a) x0`` or ``eps``."""
+        if self.prediction == "eps":
+            return noise
+        sa, sb = self._a(t)
+        return sa * noise - sb * x0
+
+    def split(self, x: torch.Tensor, out: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x0, eps)`` implied by a model output at noisy ``x`` with ``alpha_bar = a``."""
+        sa, sb = a.sqrt(), (1 - a).sqrt()
+        if self.prediction == "eps":
+            return (x - sb * out) / sa, out
+        return sa * x - sb * out, sb * x + sa * out
+
+    def respaced(self, num_steps: int) -> list[int]:
+        """``num_steps`` training timesteps from T - 1 down to 0 (DDIM respacing)."""
+        n = min(num_steps, self.steps)
+        return torch.linspace(self.steps - 1, 0, n).round().long().tolist()
+
+    @torch.no_grad()
+    def sample(
+        self,
+        model,
+        shape: tuple[int, ...],
+        num_steps: int,
+        temperature: float = 1.0,
+        eta: float = 0.0,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ) -> torch.Tensor:
+        """DDIM sampling of tokens ``shape = (M, c)``.
+
+        Args:
+            model: ``model(x (M, c), t (M,)) -> output (M, c)`` (guidance already applied).
+            num_steps: D.
+            temperature: scales the initial noise and the per-step noise.
+            eta: 0 = deterministic DDIM, 1 = ancestral.
+        """
+        x = torch.randn(shape, generator=generator).to(device) * temperature
+        times = self.respaced(num_steps)
+        for i, t in enumerate(times):
+            a = self.alphas_cumprod[t]
+            a_prev = self.alphas_cumprod[times[i + 1]] if i + 1 < len(times) else torch.ones_like(a)
+            out = model(x, torch.full((shape[0],), t, dtype=torch.long, device=x.device))
+            x0, eps = self.split(x, out, a)
+            sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)).clamp_min(0).sqrt()
+            x = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp_min(0).sqrt() * eps
+            if eta > 0 and i + 1 < len(times):
+                x = x + sigma * temperature * torch.randn(shape, generator=generator).to(device)
+        return x
+
+
+# ---------------------------------------------------------------------------------------------
+# Diffusion head
+# ---------------------------------------------------------------------------------------------
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding ``(M, dim)`` of integer timesteps ``(M,)``."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    emb = torch.cat([args.cos(), args.sin()], dim=-1)
+    return F.pad(emb, (0, dim % 2))
+
+
+class ResBlockMLP(nn.Module):
+    """adaLN residual MLP block of the diffusion head (zero-initialised gate)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
+        nn.init.zeros_(self.ada[1].weight)
+        nn.init.zeros_(self.ada[1].bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale, gate = self.ada(c).chunk(3, dim=-1)  # (M, W) each
+        return x + gate * self.mlp(self.norm(x) * (1 + scale) + shift)
+
+
+class DiffusionHead(nn.Module):
+    """MLP denoiser of one token: ``(x_t (M, c), t (M,), cond (M, Dc)) -> (M, c)``."""
+
+    def __init__(self, token_dim: int, cond_dim: int, width: int, depth: int, time_dim: int = 256) -> None:
+        super().__init__()
+        self.time_dim = time_dim
+        self.time_mlp = nn.Sequential(nn.Linear(time_dim, width), nn.SiLU(), nn.Linear(width, width))
+        self.cond_in = nn.Linear(cond_dim, width)
+        self.x_in = nn.Linear(token_dim, width)
+        self.blocks = nn.ModuleList(ResBlockMLP(width) for _ in range(depth))
+        self.norm_out = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+        self.out = nn.Linear(width, token_dim)
+        for layer in (self.ada_out[1], self.out):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        c = self.time_mlp(timestep_embedding(t, self.time_dim)) + self.cond_in(cond)  # (M, W)
+        h = self.x_in(x)
+        for blk in self.blocks:
+            h = blk(h, c)
+        shift, scale = self.ada_out(c).chunk(2, dim=-1)
+        return self.out(self.norm_out(h) * (1 + scale) + shift)
+
+
+# ---------------------------------------------------------------------------------------------
+# MAR decoder
+# ---------------------------------------------------------------------------------------------
+class DecoderBlock(nn.Module):
+    """Pre-norm bidirectional transformer block."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), None)
+        return x + self.mlp(self.norm2(x))
+
+
+def truncated_normal(
+    shape: tuple[int, ...], mean: float, std: float, low: float, high: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Samples of ``N(mean, std)`` truncated to ``[low, high]`` (inverse-CDF method)."""
+    normal = torch.distributions.Normal(0.0, 1.0)
+    lo, hi = normal.cdf(torch.tensor((low - mean) / std)), normal.cdf(torch.tensor((high - mean) / std))
+    u = lo + (hi - lo) * torch.rand(shape, generator=generator)
+    return (mean + std * torch.special.ndtri(u)).clamp(low, high)
+
+
+class MARDecoder(nn.Module):
+    """Masked autoregressive decoder of one frame's tokens, with a diffusion head.
+
+    Args:
+        token_dim: width c of a visual token.
+        context_dim: width of the backbone context z_t.
+        num_tokens, grid: N and the side of the token grid.
+        width, heads, depth, mlp_ratio: the bidirectional transformer.
+        head_width, head_depth: the diffusion MLP.
+        diffusion_steps, noise_schedule, prediction: the diffusion process.
+        diffusion_batch_mul: timesteps per masked token and training step.
+        mask_ratio_min, mask_ratio_mean, mask_ratio_std: the truncated-normal mask ratio.
+    """
+
+    def __init__(
+        self,
+        token_dim: int,
+        context_dim: int,
+        num_tokens: int,
+        grid: int,
+        width: int,
+        heads: int,
+        depth: int,
+        mlp_ratio: float = 4.0,
+        head_width: int = 64,
+        head_depth: int = 2,
+        diffusion_steps: int = 1000,
+        noise_schedule: str = "cosine",
+        prediction: str = "v",
+        diffusion_batch_mul: int = 4,
+        mask_ratio_min: float = 0.7,
+        mask_ratio_mean: float = 1.0,
+        mask_ratio_std: float = 0.25,
+    ) -> None:
+        super().__init__()
+        self.token_dim, self.num_tokens, self.grid, self.width = token_dim, num_tokens, grid, width
+        self.diffusion_batch_mul = diffusion_batch_mul
+        self.mask_ratio = (mask_ratio_min, mask_ratio_mean, mask_ratio_std)
+        self.z_in = nn.Linear(context_dim, width)
+        self.token_in = nn.Linear(token_dim, width)
+        self.mask_token = nn.Parameter(torch.randn(width) * 0.02)
+        self.row_embed = nn.Parameter(torch.randn(grid, width) * 0.02)
+        self.col_embed = nn.Parameter(torch.randn(grid, width) * 0.02)
+        self.blocks = nn.ModuleList(DecoderBlock(width, heads, mlp_ratio) for _ in range(depth))
+        self.norm_out = nn.LayerNorm(width)
+        self.head = DiffusionHead(token_dim, width, head_width, head_depth)
+        self.diffusion = Diffusion(diffusion_steps, noise_schedule, prediction)
+
+    def context(self, z: torch.Tensor, tokens: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+        """Per-token conditions ``(B, N, width)`` of the diffusion head.
+
+        Args:
+            z: ``(B, N, Dz)`` backbone context of the frame.
+            tokens: ``(B, N, c)`` token values (only read where ``known``).
+            known: ``(B, N)`` bool.
+        """
+        pos = (self.row_embed[:, None] + self.col_embed[None]).reshape(self.num_tokens, self.width)
+        tok = torch.where(known[..., None], self.token_in(tokens), self.mask_token)  # (B, N, W)
+        x = self.z_in(z) + tok + pos
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm_out(x)
+
+    def random_masks(self, batch: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        """Training masks ``(B, N)`` bool (True = masked = to predict) with truncated-normal ratios."""
+        low, mean, std = self.mask_ratio
+        ratio = truncated_normal((batch,), mean, std, low, 1.0, generator)  # (B,)
+        count = (ratio * self.num_tokens).ceil().clamp(1, self.num_tokens).long()  # (B,)
+        rank = torch.rand(batch, self.num_tokens, generator=generator).argsort(1).argsort(1)  # random order
+        return (rank < count[:, None]).to(device)
+
+    def loss(self, z: torch.Tensor, tokens: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Diffusion loss on the masked tokens.
+
+        Args:
+            z: ``(B, N, Dz)`` contexts.
+            tokens: ``(B, N, c)`` target tokens (normalised latents, patchified).
+
+        Returns:
+            Scalar mean loss over masked tokens and diffusion samples.
+        """
+        b = z.shape[0]
+        mask = self.random_masks(b, generator, z.device)  # (B, N)
+        cond = self.context(z, tokens, ~mask)  # (B, N, W)
+        target = tokens[mask]  # (M, c)
+        cond = cond[mask]  # (M, W)
+        mul = self.diffusion_batch_mul
+        target, cond = target.repeat(mul, 1), cond.repeat(mul, 1)  # (M * mul, ...)
+        t = torch.randint(0, self.diffusion.steps, (target.shape[0],), generator=generator).to(z.device)
+        noise = torch.randn(target.shape, generator=generator).to(z.device, z.dtype)
+        out = self.head(self.diffusion.noisy(target, t, noise), t, cond)
+        return F.mse_loss(out, self.diffusion.target(target, t, noise))
+
+    @torch.no_grad()
+    def sample(
+        self,
+        z: torch.Tensor,
+        z_null: torch.Tensor | None = None,
+        steps: int = 4,
+        denoise_steps: int = 8,
+        cfg: float = 1.0,
+        cfg_schedule: str = "constant",
+        temperature: float = 1.0,
+        eta: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Generate the tokens of one frame.
+
+        Args:
+            z: ``(B, N, Dz)`` conditional context.
+            z_null: ``(B, N, Dz)`` null-condition context for CFG (None or ``cfg == 1``: no guidance).
+            steps: K unmasking steps (cosine schedule, random order).
+            denoise_steps: D DDIM steps per token.
+            cfg, cfg_schedule: guidance scale, constant or growing linearly with known tokens.
+            temperature, eta: diffusion sampler noise.
+            generator: random generator (order and noise).
+
+        Returns:
+            ``(B, N, c)`` tokens.
+        """
+        b, n, device = z.shape[0], self.num_tokens, z.device
+        guided = z_null is not None and cfg != 1.0
+        steps = max(1, min(steps, n))
+        tokens = torch.zeros(b, n, self.token_dim, device=device, dtype=z.dtype)
+        order = torch.rand(b, n, generator=generator).argsort(dim=1).to(device)  # (B, N) random order
+        zz = torch.cat([z, z_null]) if guided else z  # (B or 2B, N, Dz)
+        known_count = 0
+        for k in range(steps):
+            known = torch.zeros(b, n, dtype=torch.bool, device=device)
+            known.scatter_(1, order[:, :known_count], True)
+            masked_next = 0 if k == steps - 1 else max(1, min(n - known_count - 1, cosine_mask_len(n, k, steps)))
+            idx = order[:, known_count : n - masked_next]  # (B, m) tokens decided at this step
+            m = idx.shape[1]
+            reps = 2 if guided else 1
+            ctx = self.context(zz, tokens.repeat(reps, 1, 1), known.repeat(reps, 1))  # (reps * B, N, W)
+            ctx = torch.gather(ctx, 1, idx.repeat(reps, 1)[..., None].expand(-1, -1, ctx.shape[-1]))  # (reps*B, m, W)
+            cond = ctx.reshape(reps * b * m, -1)
+            scale = cfg if cfg_schedule == "constant" else 1.0 + (cfg - 1.0) * (n - masked_next) / n
+
+            def model(x: torch.Tensor, t: torch.Tensor, cond=cond, scale=scale) -> torch.Tensor:
+                if not guided:
+                    return self.head(x, t, cond)
+                out_c, out_u = self.head(torch.cat([x, x]), torch.cat([t, t]), cond).chunk(2)
+                return out_u + scale * (out_c - out_u)
+
+            new = self.diffusion.sample(model, (b * m, self.token_dim), denoise_steps, temperature, eta, generator, device)
+            tokens.scatter_(1, idx[..., None].expand(-1, -1, self.token_dim), new.view(b, m, -1).to(tokens.dtype))
+            known_count = n - masked_next
+        return tokens

@@ -1,0 +1,380 @@
+"""EarTalkModel: frame VAE + GPT-style backbone + per-frame MAR decoder + condition stack.
+
+Training (:meth:`EarTalkModel.loss`): condition dropout (``stack.drop``), frames and reference
+encoded by the frozen VAE to normalised latents, patchified into tokens, all T frame blocks run
+through the backbone in one teacher-forced pass under the SFA mask, and the MAR diffusion loss on
+every frame. Inference (:meth:`EarTalkModel.session`, :meth:`EarTalkModel.generate`): the
+streaming loop of :class:`~eartalk.core.session.StreamingSession`.
+
+Checkpoints (:func:`save_checkpoint` / :func:`load_checkpoint`) store the arch as plain data, the
+weights and a free ``extra`` dict (recipes put the condition specs there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+from eartalk.conditions.stack import ConditionStack
+from eartalk.core.backbone import Backbone
+from eartalk.core.errors import InputError, WeightsNotFoundError
+from eartalk.core.mar import MARDecoder
+from eartalk.core.presets import ModelArch, SamplingConfig, arch_from_dict, arch_to_dict, sampling_with
+from eartalk.core.vae import FrameVAE
+from torch import nn
+
+CHECKPOINT_FORMAT = "eartalk-model/1"
+
+
+def patchify(latents: torch.Tensor, p: int) -> torch.Tensor:
+    """``(B, T, C, h, w)`` latents -> ``(B, T, N, C * p * p)`` tokens (row-major grid)."""
+    b, t, c, h, w = latents.shape
+    x = latents.reshape(b, t, c, h // p, p, w // p, p)
+    x = x.permute(0, 1, 3, 5, 2, 4, 6)  # (B, T, h/p, w/p, C, p, p)
+    return x.reshape(b, t, (h // p) * (w // p), c * p * p)
+
+
+def unpatchify(tokens: torch.Tensor, p: int, channels: int) -> torch.Tensor:
+    """Inverse of :func:`patchify`: ``(B, T, N, C * p * p)`` -> ``(B, T, C, h, w)``."""
+    b, t, n, _ = tokens.shape
+    g = int(round(n**0.5))
+    x = tokens.reshape(b, t, g, g, channels, p, p).permute(0, 1, 4, 2, 5, 3, 6)  # (B, T, C, g, p, g, p)
+    return x.reshape(b, t, channels, g * p, g * p)
+
+
+class EarTalkModel(nn.Module):
+    """The whole generator.
+
+    Args:
+        arch: sizes (see :class:`~eartalk.core.presets.ModelArch`).
+        stack: the condition stack (its slots enter every frame block; a stack whose ``d_model``
+            differs from ``arch.width`` is projected by a linear layer).
+        freeze_vae: keep the VAE frozen (no gradients, eval mode), as the engine recipe expects;
+            the VAE is trained by its own recipe.
+    """
+
+    def __init__(self, arch: ModelArch, stack: ConditionStack, freeze_vae: bool = True) -> None:
+        super().__init__()
+        self.arch = arch
+        self.stack = stack
+        self.freeze_vae = freeze_vae
+        self.vae = FrameVAE(
+            arch.vae_channels,
+            arch.latent_channels,
+            arch.vae_res_blocks,
+            arch.vae_temporal_kernel,
+            arch.vae_kl_weight,
+            arch.vae_recon,
+        )
+        self.backbone = Backbone(
+            token_dim=arch.token_dim,
+            num_tokens=arch.num_tokens,
+            grid=arch.grid,
+            num_slots=stack.num_slots,
+            cond_dim=stack.d_model,
+            width=arch.width,
+            heads=arch.heads,
+            depth=arch.depth,
+            mlp_ratio=arch.mlp_ratio,
+            identity_dim=arch.identity_dim,
+            window=arch.window,
+            period=arch.period,
+            frame_rope_fraction=arch.frame_rope_fraction,
+            context_noise=arch.context_noise,
+        )
+        self.decoder = MARDecoder(
+            token_dim=arch.token_dim,
+            context_dim=arch.width,
+            num_tokens=arch.num_tokens,
+            grid=arch.grid,
+            width=arch.decoder_width,
+            heads=arch.decoder_heads,
+            depth=arch.decoder_depth,
+            mlp_ratio=arch.mlp_ratio,
+            head_width=arch.head_width,
+            head_depth=arch.head_depth,
+            diffusion_steps=arch.diffusion_steps,
+            noise_schedule=arch.noise_schedule,
+            prediction=arch.prediction,
+            diffusion_batch_mul=arch.diffusion_batch_mul,
+            mask_ratio_min=arch.mask_ratio_min,
+            mask_ratio_mean=arch.mask_ratio_mean,
+            mask_ratio_std=arch.mask_ratio_std,
+        )
+        if freeze_vae:
+            self.vae.requires_grad_(False)
+            self.vae.eval()
+
+    def train(self, mode: bool = True) -> EarTalkModel:
+        super().train(mode)
+        if self.freeze_vae:
+            self.vae.eval()
+        return self
+
+    # -- tokens ----------------------------------------------------------------------------------
+    def check_frames(self, frames: torch.Tensor, what: str) -> None:
+        """Raise :class:`InputError` unless ``frames`` ends in ``(3, R, R)`` at the model's resolution."""
+        r = self.arch.resolution
+        if frames.shape[-3:] != (3, r, r):
+            raise InputError(
+                f"{what} has shape {tuple(frames.shape)}; this model needs RGB frames of {r}x{r} "
+                f"(crop/resize the face to {r} pixels, values in [-1, 1])"
+            )
+
+    @torch.no_grad()
+    def encode_tokens(self, frames: torch.Tensor) -> torch.Tensor:
+        """Normalised latent tokens ``(B, T, N, c)`` of frames ``(B, T, 3, R, R)`` (frozen VAE)."""
+        return patchify(self.vae.encode(frames), self.arch.patch_size)
+
+    def tokens_to_latents(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``(B, T, N, c)`` -> normalised latents ``(B, T, C, h, w)``."""
+        return unpatchify(tokens, self.arch.patch_size, self.arch.latent_channels)
+
+    def condition_tokens(
+        self,
+        signals: Mapping[str, torch.Tensor] | None,
+        present: Mapping[str, torch.Tensor] | None,
+        batch: int,
+        frames: int,
+    ) -> torch.Tensor:
+        """FCIC slots ``(B, T, K, Dc)``; signals of names outside the stack are ignored."""
+        signals = {n: s for n, s in (signals or {}).items() if n in self.stack.plugins}
+        present = {n: p for n, p in (present or {}).items() if n in signals}
+        return self.stack(signals, present, batch=batch, frames=frames)
+
+    # -- training --------------------------------------------------------------------------------
+    def loss(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """Teacher-forced training loss of a batch (DataModule format).
+
+        Args:
+            batch: ``frames`` ``(B, T, 3, R, R)`` in [-1, 1], ``reference`` ``(B, 3, R, R)``,
+                ``signals`` {name: ``(B, T, D)``}, ``present`` {name: ``(B, T)`` bool}.
+
+        Returns:
+            ``{"loss": scalar}``.
+        """
+        frames, reference = batch["frames"], batch["reference"]
+        self.check_frames(frames, "batch['frames']")
+        self.check_frames(reference, "batch['reference']")
+        b, t = frames.shape[:2]
+        signals = {n: s for n, s in (batch.get("signals") or {}).items() if n in self.stack.plugins}
+        present = {n: torch.isfinite(s).all(-1) for n, s in signals.items()}  # (B, T) each
+        for name, mask in (batch.get("present") or {}).items():
+            if name in present:
+                present[name] = present[name] & mask.to(present[name].device).bool()
+        if self.training:  # condition dropout: whole clips and random spans set to null
+            dropped = self.stack.drop({n: m.cpu() for n, m in present.items()})
+            present = {n: m.to(frames.device) for n, m in dropped.items()}
+        tokens = self.encode_tokens(frames)  # (B, T, N, c)
+        ref_tokens = self.encode_tokens(reference[:, None])[:, 0]  # (B, N, c)
+        prev = torch.cat([ref_tokens[:, None], tokens[:, :-1]], dim=1)  # (B, T, N, c)
+        cond = self.stack(signals, present, batch=b, frames=t)  # (B, T, K, Dc)
+        z = self.backbone(ref_tokens, cond, prev)  # (B, T, N, D)
+        loss = self.decoder.loss(z.flatten(0, 1), tokens.flatten(0, 1))
+        return {"loss": loss}
+
+    # -- inference -------------------------------------------------------------------------------
+    def sampling(self, **overrides: Any) -> SamplingConfig:
+        """The arch's default sampling config with overrides (``steps``, ``denoise_steps``, ``cfg``...)."""
+        return sampling_with(self.arch.sampling, **overrides)
+
+    def session(self, reference: torch.Tensor, use_cache: bool = True, **sampling: Any):
+        """Open a :class:`~eartalk.core.session.StreamingSession` on a portrait ``(3, R, R)`` or ``(B, 3, R, R)``."""
+        from eartalk.core.session import StreamingSession
+
+        return StreamingSession(self, reference, self.sampling(**sampling), use_cache=use_cache)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        reference: torch.Tensor,
+        signals: Mapping[str, torch.Tensor] | None = None,
+        present: Mapping[str, torch.Tensor] | None = None,
+        num_frames: int | None = None,
+        progress: Callable[[int], None] | None = None,
+        **sampling: Any,
+    ) -> torch.Tensor:
+        """Offline generation: the streaming loop over ``num_frames`` frames.
+
+        Args:
+            reference: ``(B, 3, R, R)`` (or ``(3, R, R)``) portrait in [-1, 1].
+            signals: {name: ``(B, T, D)`` or ``(T, D)``}; NaN rows and frames past the end are absent.
+            present: {name: ``(B, T)`` bool} (False = absent).
+            num_frames: frames to generate (default: the longest signal).
+            progress: called with the frame index after each frame.
+            **sampling: :class:`SamplingConfig` overrides.
+
+        Returns:
+            ``(B, T, 3, R, R)`` frames in [-1, 1].
+        """
+        signals = {n: (s[None] if s.dim() == 2 else s) for n, s in (signals or {}).items()}
+        if num_frames is None:
+            if not signals:
+                raise InputError("generate: give num_frames, or signals to take the length from")
+            num_frames = max(int(s.shape[1]) for s in signals.values())
+        session = self.session(reference, **sampling)
+        outs = []
+        for i in range(num_frames):
+            row = {}
+            for name, sig in signals.items():
+                if i < sig.shape[1]:
+                    value = sig[:, i].float()
+                    if present is not None and name in present:
+                        keep = present[name][..., i].bool().reshape(-1, 1).to(value.device)
+                        value = torch.where(keep, value, torch.full_like(value, float("nan")))
+                    row[name] = value
+                else:
+                    row[name] = None
+            outs.append(session.step(row).pixels)
+            if progress is not None:
+                progress(i)
+        return torch.stack(outs, dim=1)  # (B, T, 3, R, R)
+
+    # -- sizes -----------------------------------------------------------------------------------
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters per component and in total."""
+
+        def count(module: nn.Module) -> int:
+            return sum(p.numel() for p in module.parameters())
+
+        counts = {
+            "vae": count(self.vae),
+            "backbone": count(self.backbone),
+            "decoder": count(self.decoder),
+            "conditions": count(self.stack),
+        }
+        counts["backbone_decoder"] = counts["backbone"] + counts["decoder"]
+        counts["total"] = counts["vae"] + counts["backbone_decoder"] + counts["conditions"]
+        return counts
+
+    def frame_flops(self, sampling: SamplingConfig | None = None) -> dict[str, int]:
+        """Analytic FLOPs (2 per multiply-add) of one streamed frame once the window is full.
+
+        Counts every matrix product and convolution the step runs: backbone block against the full
+        window, K decoder passes, N * D diffusion-head calls, VAE decode of one frame; the backbone,
+        decoder and head are doubled when CFG runs the null branch. Condition tokenizers are not
+        counted (plugin-specific, small).
+        """
+        sampling = sampling or self.arch.sampling
+        a = self.arch
+        n, c, k = a.num_tokens, a.token_dim, self.stack.num_slots
+        d, hid = a.width, int(a.width * a.mlp_ratio)
+        blk = k + n
+        keys = n + a.window * blk
+        backbone = 2 * n * c * d + (2 * k * self.stack.d_model * d if self.stack.d_model != d else 0)
+        backbone += a.depth * (2 * blk * d * 3 * d + 2 * blk * d * d + 4 * blk * d * hid + 4 * blk * keys * d)
+        w, whid = a.decoder_width, int(a.decoder_width * a.mlp_ratio)
+        steps = max(1, min(sampling.steps, n))
+        per_pass = 2 * n * d * w + 2 * n * c * w
+        per_pass += a.decoder_depth * (2 * n * w * 3 * w + 2 * n * w * w + 4 * n * w * whid + 4 * n * n * w)
+        decoder = steps * per_pass
+        hw, tdim = a.head_width, self.decoder.head.time_dim
+        per_call = 2 * (tdim * hw + hw * hw) + 2 * w * hw + 2 * c * hw
+        per_call += a.head_depth * (2 * hw * 3 * hw + 4 * hw * hw) + 2 * hw * 2 * hw + 2 * hw * c
+        head = n * min(sampling.denoise_steps, a.diffusion_steps) * per_call
+        branches = 2 if sampling.cfg != 1.0 else 1
+        vae = vae_decode_flops(a)
+        out = {
+            "backbone": branches * backbone,
+            "decoder": branches * decoder,
+            "diffusion_head": branches * head,
+            "vae_decode": vae,
+        }
+        out["total"] = sum(out.values())
+        return out
+
+
+def vae_decode_flops(arch: ModelArch) -> int:
+    """FLOPs of decoding one latent frame with the streaming VAE decoder (counted on the meta device)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        vae = FrameVAE(arch.vae_channels, arch.latent_channels, arch.vae_res_blocks, arch.vae_temporal_kernel)
+        latent = torch.empty(1, arch.latent_channels, arch.latent_size, arch.latent_size)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        vae.decode_step(latent, vae.new_cache())
+    return int(counter.get_total_flops())
+
+
+def build_model(arch: ModelArch, stack_or_specs: Any, device: str | torch.device | None = None, registry: Any = None) -> EarTalkModel:
+    """Build a model on ``device`` (``"meta"`` counts parameters without allocating them).
+
+    Args:
+        arch: sizes.
+        stack_or_specs: a :class:`ConditionStack`, or condition specs / names built with the registry
+            at ``d_model = arch.width``.
+        device: where to create the parameters.
+        registry: plugin registry for names/specs (default: the process registry).
+    """
+    from eartalk.conditions.stack import ConditionSpec
+
+    with torch.device(device) if device is not None else _null_context():
+        if isinstance(stack_or_specs, ConditionStack):
+            stack = stack_or_specs
+        else:
+            specs = [s if isinstance(s, ConditionSpec) else ConditionSpec(str(s)) for s in stack_or_specs]
+            stack = ConditionStack.from_specs(specs, arch.width, registry=registry)
+        return EarTalkModel(arch, stack)
+
+
+class _null_context:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+# -- checkpoints ---------------------------------------------------------------------------------
+@attrs.define
+class Checkpoint:
+    """A loaded checkpoint: the arch, the weights and the caller's ``extra`` dict."""
+
+    arch: ModelArch
+    state_dict: dict[str, torch.Tensor]
+    extra: dict[str, Any]
+
+    def build(self, stack: ConditionStack, strict: bool = True) -> EarTalkModel:
+        """A model of this arch on ``stack`` with the stored weights."""
+        model = EarTalkModel(self.arch, stack)
+        model.load_state_dict(self.state_dict, strict=strict)
+        return model
+
+
+def save_checkpoint(path: str | Path, model: EarTalkModel, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``{format, arch (plain data), state_dict, extra}`` to ``path`` with ``torch.save``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "arch": arch_to_dict(model.arch),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "extra": dict(extra or {}),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Raises:
+        WeightsNotFoundError: no such file.
+        InputError: the file is not an eartalk model checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsNotFoundError(f"model checkpoint {path} not found; train one with an eartalk recipe or give the right path")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
+        raise InputError(f"cannot read model checkpoint {path}: {type(err).__name__}: {err}") from err
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{path} is not an eartalk model checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    return Checkpoint(arch_from_dict(payload["arch"]), payload["state_dict"], payload.get("extra", {}))

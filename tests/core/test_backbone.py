@@ -1,0 +1,189 @@
+"""Backbone: the SFA attention rule, kv-cache streaming, cyclic positions, adaLN sink."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from eartalk.core.backbone import Backbone, block_mask
+
+N, K, C_TOK, GRID = 4, 2, 6, 2
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: these ops are tiny, and two threads on a shared, loaded 2-core machine
+    run 10x slower (OpenMP spinning) than one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_backbone(depth: int = 2, window: int = 3, period: int = 8, seed: int = 0) -> Backbone:
+    """A small backbone with random adaLN weights (zero-init gates would make every block the identity)."""
+    torch.manual_seed(seed)
+    bb = Backbone(
+        token_dim=C_TOK, num_tokens=N, grid=GRID, num_slots=K, cond_dim=16, width=32, heads=4, depth=depth,
+        identity_dim=8, window=window, period=period, context_noise=0.0,
+    )
+    for blk in bb.blocks:
+        torch.nn.init.normal_(blk.ada[1].weight, std=0.3)
+        torch.nn.init.normal_(blk.ada[1].bias, std=0.3)
+    torch.nn.init.normal_(bb.ada_out[1].weight, std=0.3)
+    return bb.eval().double()
+
+
+def inputs(frames: int, batch: int = 1, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    ref = torch.randn(batch, N, C_TOK, generator=g, dtype=torch.float64)
+    cond = torch.randn(batch, frames, K, 16, generator=g, dtype=torch.float64)
+    prev = torch.randn(batch, frames, N, C_TOK, generator=g, dtype=torch.float64)
+    return ref, cond, prev
+
+
+def test_block_mask_matches_the_rule():
+    blocks = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5])
+    mask = block_mask(blocks, blocks, window=3)
+    for i, t in enumerate(blocks.tolist()):
+        for j, s in enumerate(blocks.tolist()):
+            assert bool(mask[i, j]) == (s == 0 or t - 3 < s <= t), (t, s)
+
+
+def test_mask_one_layer_window_and_sink_only():
+    """Depth 1: block t's outputs change iff the changed token is in the sink or in blocks t-W+1..t."""
+    bb = make_backbone(depth=1, window=3)
+    ref, cond, prev = inputs(frames=7)
+    t = 6  # blocks 1..7 at indices 0..6 of cond/prev; block 6 sees 4, 5, 6 and the sink
+    with torch.no_grad():
+        base = bb(ref, cond, prev)[:, t - 1]
+        ref2 = ref.clone()
+        ref2[:, 1] += 1.0
+        assert not torch.allclose(bb(ref2, cond, prev)[:, t - 1], base)
+        for s in range(1, 8):
+            prev2 = prev.clone()
+            prev2[:, s - 1, 2] += 1.0
+            cond2 = cond.clone()
+            cond2[:, s - 1, 0] += 1.0
+            inside = t - 3 < s <= t
+            for c, p in ((cond, prev2), (cond2, prev)):
+                changed = not torch.allclose(bb(ref, c, p)[:, t - 1], base, atol=1e-12)
+                assert changed == inside, (s, inside)
+
+
+def test_tokens_of_a_block_see_each_other_both_ways():
+    bb = make_backbone(depth=1, window=3)
+    ref, cond, prev = inputs(frames=3)
+    with torch.no_grad():
+        hidden = bb(ref, cond, prev, return_all=True)  # (1, N + 3 * (K + N), D)
+        start = N + 1 * (K + N)  # block 2
+        slot, visual = start, start + K + N - 1
+        cond2 = cond.clone()
+        cond2[:, 1, 0] += 1.0  # a condition slot of block 2
+        h2 = bb(ref, cond2, prev, return_all=True)
+        assert not torch.allclose(h2[:, visual], hidden[:, visual])  # visual token sees the slot
+        prev2 = prev.clone()
+        prev2[:, 1, -1] += 1.0  # the last visual token of block 2
+        h3 = bb(ref, cond, prev2, return_all=True)
+        assert not torch.allclose(h3[:, slot], hidden[:, slot])  # slot sees the visual token
+        # and nothing of block 2 reaches block 1 (causal across frames)
+        assert torch.allclose(h3[:, N : N + K + N], hidden[:, N : N + K + N])
+
+
+def test_mask_deep_receptive_field_is_bounded():
+    """Depth L: inputs more than L * (W - 1) blocks back never reach block t; later blocks never do."""
+    depth, window = 2, 3
+    bb = make_backbone(depth=depth, window=window)
+    ref, cond, prev = inputs(frames=9)
+    t = 9
+    with torch.no_grad():
+        base = bb(ref, cond, prev)[:, t - 1]
+        for s in range(1, 10):
+            prev2 = prev.clone()
+            prev2[:, s - 1] += 1.0
+            changed = not torch.allclose(bb(ref, cond, prev2)[:, t - 1], base, atol=1e-12)
+            assert changed == (s > t - depth * (window - 1) - 1), s
+        base5 = bb(ref, cond, prev)[:, 4]
+        prev2 = prev.clone()
+        prev2[:, 5:] += 1.0  # blocks 6..9
+        assert torch.allclose(bb(ref, cond, prev2)[:, 4], base5)
+
+
+def test_kv_cache_streaming_equals_full_pass_with_eviction():
+    bb = make_backbone(depth=3, window=3)
+    frames = 10  # > W: eviction happens from frame 4 on
+    ref, cond, prev = inputs(frames=frames, batch=2)
+    with torch.no_grad():
+        full = bb(ref, cond, prev)  # (B, T, N, D)
+        cache, mods = bb.open(ref)
+        for t in range(1, frames + 1):
+            z = bb.step(cond[:, t - 1], prev[:, t - 1], t, cache, mods)
+            assert cache.cached_blocks() == list(range(max(1, t - 2), t + 1))
+            torch.testing.assert_close(z, full[:, t - 1], rtol=1e-9, atol=1e-9)
+        assert cache.k.shape[3] == N + 3 * (K + N)  # constant size
+
+
+def test_output_does_not_depend_on_frame_number():
+    """Same sink and same window contents: frame 5 and frame 5000 give the same output."""
+    depth, window = 2, 3  # receptive field depth * (W - 1) + 1 = 5 blocks
+    bb = make_backbone(depth=depth, window=window, period=7)
+    ref, cond, prev = inputs(frames=5)
+    _, noise_cond, noise_prev = inputs(frames=6, seed=9)
+    with torch.no_grad():
+        cache, mods = bb.open(ref)
+        for t in range(1, 6):
+            early = bb.step(cond[:, t - 1], prev[:, t - 1], t, cache, mods)
+        cache, mods = bb.open(ref)
+        for i, t in enumerate(range(4990, 4996)):  # unrelated history first
+            bb.step(noise_cond[:, i], noise_prev[:, i], t, cache, mods)
+        for i, t in enumerate(range(4996, 5001)):
+            late = bb.step(cond[:, i], prev[:, i], t, cache, mods)
+        torch.testing.assert_close(late, early, rtol=1e-6, atol=1e-8)
+        # a frame position that is not cyclic-invariant would break this: shift one block's phase
+        full_a = bb(ref, cond, prev, start=1)[:, -1]
+        full_b = bb(ref, cond, prev, start=4996)[:, -1]
+        torch.testing.assert_close(full_a, full_b, rtol=1e-6, atol=1e-8)
+
+
+def test_frame_positions_matter_inside_the_window():
+    """The rotary frame position tells window blocks apart: swapping two blocks changes the output."""
+    bb = make_backbone(depth=1, window=3)
+    ref, cond, prev = inputs(frames=3)
+    with torch.no_grad():
+        base = bb(ref, cond, prev)[:, -1]
+        swapped = bb(ref, cond[:, [1, 0, 2]], prev[:, [1, 0, 2]])[:, -1]
+    assert not torch.allclose(base, swapped)
+
+
+def test_adaln_zero_init_and_identity_modulation():
+    torch.manual_seed(0)
+    bb = Backbone(C_TOK, N, GRID, K, 16, 32, 4, 2, identity_dim=8, window=3, period=8).eval()
+    ref, cond, prev = (x.float() for x in inputs(frames=2))
+    with torch.no_grad():
+        mods = bb.modulations(bb.identity(ref))
+        assert all(torch.count_nonzero(m) == 0 for m in mods)  # zero-initialised: blocks are identities
+        bb2 = make_backbone(depth=2, window=3).float()
+        out1 = bb2(ref, cond, prev)
+        out2 = bb2(ref + 0.5, cond, prev)
+        # the reference changes every block's modulation (not only the sink tokens)
+        m1, m2 = bb2.modulations(bb2.identity(ref)), bb2.modulations(bb2.identity(ref + 0.5))
+        assert not torch.allclose(m1[0], m2[0])
+        assert not torch.allclose(out1, out2)
+
+
+def test_context_noise_only_in_training():
+    bb = make_backbone(depth=1)
+    bb.context_noise = 0.5
+    ref, cond, prev = inputs(frames=3)
+    with torch.no_grad():
+        bb.eval()
+        assert torch.equal(bb(ref, cond, prev), bb(ref, cond, prev))
+        noisy = bb.noise_context(prev)
+        assert torch.equal(noisy[:, 0], prev[:, 0])  # block 1 (the reference) stays clean
+        assert not torch.allclose(noisy[:, 1:], prev[:, 1:])
+        bb.train()
+        assert not torch.allclose(bb(ref, cond, prev), bb(ref, cond, prev))
+
+
+def test_period_must_exceed_window():
+    with pytest.raises(ValueError, match="period"):
+        Backbone(C_TOK, N, GRID, K, 16, 32, 4, 1, window=8, period=8)

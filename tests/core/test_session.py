@@ -1,0 +1,167 @@
+"""StreamingSession: controls at any frame, offline == streaming, bounded memory over long runs."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+from eartalk.core.errors import InputError
+from eartalk.core.model import EarTalkModel
+from eartalk.core.presets import get_arch
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: these ops are tiny, and two threads on a shared, loaded 2-core machine
+    run 10x slower (OpenMP spinning) than one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def activate(model: EarTalkModel, seed: int = 0) -> EarTalkModel:
+    """Random adaLN weights: at zero init every block is the identity and conditions cannot act yet."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for blk in model.backbone.blocks:
+            blk.ada[1].weight.normal_(0, 0.2, generator=g)
+            blk.ada[1].bias.normal_(0, 0.2, generator=g)
+        model.backbone.ada_out[1].weight.normal_(0, 0.2, generator=g)
+        for blk in model.decoder.head.blocks:
+            blk.ada[1].weight.normal_(0, 0.2, generator=g)
+        model.decoder.head.out.weight.normal_(0, 0.2, generator=g)
+    return model.eval()
+
+
+@pytest.fixture()
+def model(toy_stack) -> EarTalkModel:
+    torch.manual_seed(0)
+    return activate(EarTalkModel(get_arch("tiny"), toy_stack))
+
+
+@pytest.fixture()
+def reference() -> torch.Tensor:
+    return torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+
+def run(session, frames: int, what: str = "pixels") -> torch.Tensor:
+    return torch.stack([getattr(session.step(), what) for _ in range(frames)], dim=1)  # (B, T, ...)
+
+
+def test_absent_control_is_its_null_token(model, reference):
+    stack = model.stack
+    span = next(s for s in stack.layout if s.name == "toy")
+    null = stack.null_tokens(1, 1)[0, 0, span.offset : span.offset + span.slots]  # (k, D)
+    session = model.session(reference, seed=0)
+    session.set_control("toy", [1.0, -2.0, 0.5], start=0)
+    session.clear_control("toy", start=2, stop=5)
+    for i in range(7):
+        cond, cfg_null = session.condition_tokens(i)
+        toy = cond[0, span.offset : span.offset + span.slots]
+        assert torch.allclose(toy, null) == (2 <= i < 5), i
+        torch.testing.assert_close(cfg_null[0], stack.null_tokens(1, 1)[0, 0])  # CFG branch: all null
+    # output level: clearing [2, 5) is the same as never setting the control there
+    other = model.session(reference, seed=0)
+    other.set_control("toy", [1.0, -2.0, 0.5], start=0, stop=2)
+    other.set_control("toy", [1.0, -2.0, 0.5], start=5)
+    assert torch.equal(run(session, 7), run(other, 7))
+
+
+def test_switching_a_control_on_changes_only_later_frames(model, reference):
+    k, frames = 2, 4
+    off = run(model.session(reference, seed=7), frames, "latents")
+    on_session = model.session(reference, seed=7)
+    on_session.set_control("toy", [2.0, 0.0, -1.0], start=k)
+    on = run(on_session, frames, "latents")
+    assert torch.equal(on[:, :k], off[:, :k])  # frames before k: bit-identical
+    for t in range(k, frames):
+        assert (on[:, t] - off[:, t]).abs().max() > 1e-4, t  # float noise would be 0 here (same seed, same ops)
+    # the same edit made live, between frame k - 1 and frame k, gives the same video
+    live = model.session(reference, seed=7)
+    frames_live = [live.step().latents for _ in range(k)]
+    live.set_control("toy", [2.0, 0.0, -1.0])  # from the next frame on
+    frames_live += [live.step().latents for _ in range(frames - k)]
+    assert torch.equal(torch.stack(frames_live, dim=1), on)
+
+
+def test_step_signals_override_the_timeline_for_one_frame(model, reference):
+    a = model.session(reference, seed=1)
+    a.set_control("toy_audio", [0.5, 0.5, 0.5, 0.5], start=1, stop=2)
+    b = model.session(reference, seed=1)
+    out_a = run(a, 3)
+    out_b = torch.stack([b.step().pixels, b.step({"toy_audio": torch.full((4,), 0.5)}).pixels, b.step().pixels], 1)
+    assert torch.equal(out_a, out_b)
+
+
+def test_generate_is_the_streaming_loop(model, reference):
+    signals = {"toy": torch.randn(1, 5, 3), "toy_audio": torch.randn(1, 5, 4)}
+    present = {"toy": torch.tensor([[True, True, False, False, True]])}
+    video = model.generate(reference[None], signals, present, num_frames=6, seed=3)
+    assert video.shape == (1, 6, 3, 64, 64) and float(video.abs().max()) <= 1.0
+    session = model.session(reference, seed=3)
+    frames = []
+    for i in range(6):
+        row = {n: (s[:, i] if i < 5 else None) for n, s in signals.items()}
+        if i < 5 and not present["toy"][0, i]:
+            row["toy"] = None
+        frames.append(session.step(row).pixels)
+    assert torch.equal(torch.stack(frames, 1), video)
+
+
+def test_cache_and_recompute_agree_with_a_one_layer_backbone(toy_stack, reference):
+    """With depth 1 the kv-cache holds exactly what recomputing the window would give."""
+    torch.manual_seed(0)
+    model = activate(EarTalkModel(get_arch("tiny", depth=1, window=2, period=4), toy_stack))
+    cached = run(model.session(reference, seed=2), 5)
+    recomputed = run(model.session(reference, seed=2, use_cache=False), 5)
+    torch.testing.assert_close(cached, recomputed, atol=1e-4, rtol=1e-4)
+
+
+def test_bad_inputs_are_reported(model):
+    with pytest.raises(InputError, match="64x64"):
+        model.session(torch.zeros(3, 32, 32))
+    session = model.session(torch.zeros(3, 64, 64))
+    with pytest.raises(InputError, match="toy"):
+        session.step({"toy": torch.zeros(5)})
+    with pytest.raises(InputError, match="cfg_keep"):
+        model.session(torch.zeros(3, 64, 64), cfg_keep=("nope",))
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _bounded_memory(model, reference, frames: int) -> None:
+    session = model.session(reference, seed=0)
+    window = model.arch.window
+    session.set_control("toy", [1.0, 0.0, 0.0])
+    sizes = []
+    for i in range(frames):
+        session.step()
+        if i == window + 5:
+            gc.collect()
+            rss_start, objects_start = _rss_mb(), len(gc.get_objects())
+        if i >= window:
+            sizes.append(tuple(session.cache_nbytes().values()))
+            assert len(session.cached_blocks()) == window
+    gc.collect()
+    rss_end, objects_end = _rss_mb(), len(gc.get_objects())
+    assert len(set(sizes)) == 1  # the streaming state has one size once the window is full
+    assert session.cached_blocks() == list(range(frames - window + 1, frames + 1))
+    assert objects_end - objects_start < 200, "python objects accumulate with the frame count"
+    assert rss_end - rss_start < 40, f"RSS grew {rss_end - rss_start:.1f} MB over {frames} frames"
+
+
+def test_200_frames_in_bounded_memory(model, reference):
+    _bounded_memory(model, reference, 200)
+
+
+@pytest.mark.slow
+def test_1000_frames_in_bounded_memory(model, reference):
+    _bounded_memory(model, reference, 1000)

@@ -1,0 +1,105 @@
+"""Frame VAE: causality, streaming equivalence, normalisation statistics, loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from eartalk.core.vae import FrameVAE
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: these ops are tiny, and two threads on a shared, loaded 2-core machine
+    run 10x slower (OpenMP spinning) than one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture()
+def vae() -> FrameVAE:
+    torch.manual_seed(0)
+    return FrameVAE((8, 16, 16), latent_channels=4, temporal_kernel=3).eval()
+
+
+def clip(frames: int = 6, batch: int = 2, size: int = 32, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, frames, 3, size, size, generator=g) * 2 - 1
+
+
+def test_shapes_one_latent_per_frame(vae):
+    z = vae.encode(clip())
+    assert z.shape == (2, 6, 4, 8, 8)  # f = 4 with three levels, no temporal compression
+    assert vae.decode(z).shape == (2, 6, 3, 32, 32)
+
+
+@torch.no_grad()
+def test_streaming_encode_and_decode_equal_whole_clip(vae):
+    frames = clip(frames=7)
+    whole = vae.encode(frames)
+    cache = vae.new_cache()
+    streamed = torch.stack([vae.encode_step(frames[:, i], cache) for i in range(7)], dim=1)
+    torch.testing.assert_close(streamed, whole, rtol=1e-5, atol=1e-5)
+    # chunks of any size continue the same stream
+    cache = vae.new_cache()
+    chunks = torch.cat([vae.encode(frames[:, :3], cache=cache), vae.encode(frames[:, 3:], cache=cache)], dim=1)
+    torch.testing.assert_close(chunks, whole, rtol=1e-5, atol=1e-5)
+    decoded = vae.decode(whole)
+    cache = vae.new_cache()
+    streamed = torch.stack([vae.decode_step(whole[:, i], cache) for i in range(7)], dim=1)
+    torch.testing.assert_close(streamed, decoded, rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_temporal_kernels_look_only_backwards(vae):
+    frames = clip(frames=6)
+    z = vae.encode(frames)
+    changed = frames.clone()
+    changed[:, 3] = -changed[:, 3]
+    z2 = vae.encode(changed)
+    torch.testing.assert_close(z2[:, :3], z[:, :3])  # the past is untouched
+    assert not torch.allclose(z2[:, 3], z[:, 3])
+    assert not torch.allclose(z2[:, 4], z[:, 4])  # the temporal kernel does look back (k = 3)
+    out, out2 = vae.decode(z), vae.decode(z2)
+    torch.testing.assert_close(out2[:, :3], out[:, :3])
+
+
+@torch.no_grad()
+def test_fit_latent_stats_normalises_latents(vae):
+    data = [clip(seed=s) * 0.5 + 0.2 for s in range(3)]
+    mean, std = vae.fit_latent_stats(data)
+    z = torch.cat([vae.encode(x) for x in data])  # normalised
+    per_channel = z.transpose(0, 2).reshape(4, -1)
+    torch.testing.assert_close(per_channel.mean(1), torch.zeros(4), atol=1e-4, rtol=0)
+    torch.testing.assert_close(per_channel.std(1), torch.ones(4), atol=1e-2, rtol=0)
+    # stored as buffers, so they travel with the weights
+    state = vae.state_dict()
+    assert torch.equal(state["latent_mean"], mean) and torch.equal(state["latent_std"], std)
+    # decode inverts the normalisation
+    raw_mean, _ = vae.posterior(data[0])
+    torch.testing.assert_close(vae.denormalize(vae.encode(data[0])), raw_mean, atol=1e-5, rtol=1e-5)
+
+
+def test_loss_terms_and_training_lowers_reconstruction():
+    torch.manual_seed(0)
+    vae = FrameVAE((8, 16), latent_channels=4, temporal_kernel=2, kl_weight=1e-3)
+    coarse = clip(frames=2, batch=2, size=4).flatten(0, 1)
+    frames = torch.nn.functional.interpolate(coarse, size=16, mode="bilinear").unflatten(0, (2, 2))  # smooth
+    first = vae.loss(frames)
+    assert set(first) == {"loss", "recon", "kl"}
+    torch.testing.assert_close(first["loss"], first["recon"] + 1e-3 * first["kl"])
+    opt = torch.optim.Adam(vae.parameters(), lr=1e-2)
+    for _ in range(40):
+        opt.zero_grad()
+        vae.loss(frames)["loss"].backward()
+        opt.step()
+    torch.manual_seed(1)
+    assert vae.loss(frames)["recon"] < 0.8 * first["recon"]  # 40 Adam steps: L1 error down by > 20 %
+
+
+def test_bad_frame_shapes_are_reported(vae):
+    with pytest.raises(ValueError, match="divisible"):
+        vae.encode(torch.zeros(1, 1, 3, 30, 30))
+    with pytest.raises(ValueError, match=r"\(B, T, 3, R, R\)"):
+        vae.encode(torch.zeros(1, 3, 32, 32))

@@ -1,0 +1,185 @@
+"""Lightning recipes on a tiny synthetic dataset: losses fall, runs resume, NaN stops cleanly,
+fine-tuning starts from a checkpoint, and `generate` writes a controlled video."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from eartalk.core.config import structure
+from eartalk.core.errors import ConfigError, EartalkError, InputError
+from eartalk.recipes.common import read_metrics
+from eartalk.recipes.train import TrainConfig, TrainRecipe, load_trained
+from eartalk.recipes.vae import VAEConfig, VAERecipe
+
+CONDITIONS = [{"name": "audio"}, {"name": "head_pose"}, {"name": "blink"}, {"name": "emotion"}]
+
+
+@pytest.fixture(scope="module")
+def synth_data(tmp_path_factory) -> Path:
+    from eartalk.core.synth import synthesize_dataset
+
+    return synthesize_dataset(tmp_path_factory.mktemp("synth") / "data", clips=3, seconds=2.0, resolution=64, seed=3)
+
+
+def trainer_cfg(steps: int, every: int | None = None) -> dict:
+    every = every or steps
+    return {"max_steps": steps, "val_every_n_steps": every, "checkpoint_every_n_steps": every,
+            "log_every_n_steps": 1, "progress_bar": False, "accelerator": "cpu"}
+
+
+def losses(run: Path, key: str = "train/loss") -> list[float]:
+    return [v for _, v in read_metrics(run).get(key, [])]
+
+
+@pytest.fixture(scope="module")
+def vae_run(synth_data: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("vae")
+    cfg = structure({"out_dir": str(out), "data": {"root": str(synth_data), "clip_frames": 2, "batch_size": 2},
+                     "optim": {"lr": 3e-3, "warmup_steps": 3}, "trainer": trainer_cfg(30)}, VAEConfig)
+    VAERecipe().run(cfg)
+    return out
+
+
+def test_vae_recipe_learns_and_fits_latent_stats(vae_run: Path) -> None:
+    curve = losses(vae_run)
+    assert len(curve) >= 25
+    assert sum(curve[-5:]) / 5 < 0.6 * sum(curve[:3]) / 3, f"VAE loss did not fall: {curve[:5]} -> {curve[-10:]}"
+    ckpt = torch.load(vae_run / "checkpoints" / "vae.ckpt", map_location="cpu", weights_only=False)
+    std = ckpt["state_dict"]["vae.latent_std"]
+    assert not torch.allclose(std, torch.ones_like(std)), "latent statistics were fitted after training"
+    assert (vae_run / "config.resolved.yaml").is_file() and (vae_run / "loss.png").is_file()
+
+
+def train_config(out: Path, data: Path, vae_ckpt: Path, steps: int, **extra) -> TrainConfig:
+    raw = {"out_dir": str(out), "model": {"preset": "tiny", "vae_checkpoint": str(vae_ckpt)},
+           "conditions": CONDITIONS, "data": {"root": str(data), "clip_frames": 6, "batch_size": 2},
+           "optim": {"lr": 2e-3, "warmup_steps": 5}, "trainer": trainer_cfg(steps), **extra}
+    raw["model"]["arch"] = {"window": 3, "period": 6}
+    return structure(raw, TrainConfig)
+
+
+@pytest.fixture(scope="module")
+def model_run(synth_data: Path, vae_run: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("model")
+    TrainRecipe().run(train_config(out, synth_data, vae_run / "checkpoints" / "vae.ckpt", 60))
+    return out
+
+
+def test_train_recipe_loss_falls(model_run: Path) -> None:
+    curve = losses(model_run)
+    assert len(curve) >= 50
+    assert sum(curve[-10:]) / 10 < 0.8 * sum(curve[:5]) / 5, f"loss did not fall: {curve[:5]} -> {curve[-10:]}"
+    model = load_trained(model_run / "checkpoints" / "last.ckpt")
+    assert model.stack.names == [c["name"] for c in CONDITIONS]
+    assert not model.training
+
+
+def test_resume_continues_from_last_checkpoint(synth_data: Path, vae_run: Path, model_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    out = tmp_path / "resumed"
+    shutil.copytree(model_run, out)
+    cfg = train_config(out, synth_data, vae_run / "checkpoints" / "vae.ckpt", 70)
+    TrainRecipe().run(cfg)
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 70
+    steps = [s for s, _ in read_metrics(out)["train/loss"]]
+    assert max(steps) >= 65 and len([s for s in steps if s >= 60]) <= 12, "only the 10 new steps were trained"
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_checkpoints(synth_data: Path, vae_run: Path, tmp_path: Path, monkeypatch) -> None:
+    from eartalk.core.model import EarTalkModel
+
+    real_loss = EarTalkModel.loss
+    calls = {"n": 0}
+
+    def flaky(self, batch):
+        calls["n"] += 1
+        out = real_loss(self, batch)
+        if calls["n"] > 4:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(EarTalkModel, "loss", flaky)
+    cfg = train_config(tmp_path / "nan", synth_data, vae_run / "checkpoints" / "vae.ckpt", 10)
+    cfg = structure({**__import__("eartalk.core.config", fromlist=["unstructure"]).unstructure(cfg),
+                     "trainer": {**trainer_cfg(10, every=2)}}, TrainConfig)
+    with pytest.raises(EartalkError, match=r"(?s)loss became nan at step \d+.*checkpoints"):
+        TrainRecipe().run(cfg)
+    assert list((tmp_path / "nan" / "checkpoints").glob("*.ckpt")), "checkpoints written before the NaN are kept"
+
+
+def test_finetune_from_checkpoint_with_frozen_parts(synth_data: Path, vae_run: Path, model_run: Path, tmp_path: Path) -> None:
+    base = load_trained(model_run / "checkpoints" / "last.ckpt")
+    cfg = train_config(tmp_path / "ft", synth_data, vae_run / "checkpoints" / "vae.ckpt", 5,
+                       init_from=str(model_run / "checkpoints" / "last.ckpt"), freeze=["model.backbone.blocks.0"])
+    TrainRecipe().run(cfg)
+    tuned = load_trained(tmp_path / "ft" / "checkpoints" / "last.ckpt")
+    frozen = dict(base.backbone.blocks[0].named_parameters())
+    for name, param in tuned.backbone.blocks[0].named_parameters():
+        torch.testing.assert_close(param, frozen[name], msg=f"frozen {name} changed")
+    moved = any(not torch.equal(a, b) for a, b in zip(tuned.decoder.parameters(), base.decoder.parameters(), strict=True))
+    assert moved, "unfrozen parts were trained from the checkpoint's values"
+    with pytest.raises(ConfigError, match="does not exist"):
+        TrainRecipe().run(train_config(tmp_path / "x", synth_data, tmp_path / "missing.ckpt", 5))
+
+
+def test_generate_cli_writes_controlled_video(model_run: Path, real_dir: Path, landmarker_path: Path, tmp_path: Path, monkeypatch) -> None:
+    from eartalk.core.media import read_video
+    from eartalk.recipes.generate import generate_video
+
+    monkeypatch.setenv("EARTALK_FACE_LANDMARKER", str(landmarker_path))
+    ckpt = model_run / "checkpoints" / "last.ckpt"
+    out = generate_video(
+        ckpt, real_dir / "image" / "LivePortrait__s42.jpg", real_dir / "audio" / "dreamtalk__spanish1.wav",
+        tmp_path / "out.mp4", controls=["emotion=happy@0:4", "blink=off@2:6", "head_pose=10,0,0,0,0,-50@4:"],
+        num_frames=8, progress=False,
+    )
+    clip = read_video(out)
+    assert clip.frames.shape[0] == 8 and clip.frames.shape[-1] == 64
+    assert clip.audio is not None and abs(clip.audio.shape[0] - 8 * 640) <= 640
+    with pytest.raises(EartalkError, match="unknown|not in this stack"):
+        generate_video(ckpt, real_dir / "image" / "LivePortrait__s42.jpg", None, tmp_path / "x.mp4", controls=["gase=1"], num_frames=2)
+    gray = tmp_path / "gray.png"
+    from PIL import Image
+
+    Image.new("RGB", (128, 128), (128, 128, 128)).save(gray)
+    with pytest.raises(InputError, match="gray.png"):
+        generate_video(ckpt, gray, None, tmp_path / "y.mp4", num_frames=2)
+    assert not (tmp_path / "y.mp4").exists(), "nothing is written when the input is bad"
+
+
+def test_control_parsing() -> None:
+    from eartalk.recipes.generate import parse_control
+
+    edit = parse_control("emotion=happy@25:100")
+    assert (edit.name, edit.value, edit.start, edit.stop) == ("emotion", "happy", 25, 100)
+    assert parse_control("gaze=0.1,0,-0.2,0@10:").value == [0.1, 0.0, -0.2, 0.0]
+    assert parse_control("blink=off").value is None
+    assert parse_control('emotion={"emotion": "sad", "intensity": 3}').value == {"emotion": "sad", "intensity": 3}
+    with pytest.raises(InputError, match="NAME=VALUE"):
+        parse_control("emotion")
+    with pytest.raises(InputError, match="does not exist"):
+        parse_control("head_pose=missing.csv")
+    with pytest.raises(InputError, match="empty frame range"):
+        parse_control("blink=off@5:5")
+
+
+def test_train_command_end_to_end(synth_data: Path, vae_run: Path, tmp_path: Path) -> None:
+    cfg = Path(__file__).resolve().parents[2] / "recipes" / "configs" / "eartalk_tiny_train.yaml"
+    result = subprocess.run(
+        [sys.executable, "-m", "eartalk", "train", str(cfg), f"out_dir={tmp_path / 'cli'}", f"data.root={synth_data}",
+         f"model.vae_checkpoint={vae_run / 'checkpoints' / 'vae.ckpt'}", "trainer.max_steps=3", "trainer.progress_bar=false",
+         "trainer.accelerator=cpu", "data.batch_size=2", "data.clip_frames=6", "model.arch.window=3", "model.arch.period=6",
+         "trainer.val_every_n_steps=3", "trainer.checkpoint_every_n_steps=3"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "cli" / "checkpoints" / "last.ckpt").is_file()
+    resolved = (tmp_path / "cli" / "config.resolved.yaml").read_text()
+    assert "max_steps: 3" in resolved and str(synth_data) in resolved
