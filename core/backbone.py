@@ -39,8 +39,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from eartalk.core.presets import harmonics
 from torch import nn
+
+from eartalk.core.presets import harmonics
 
 
 def block_mask(q_blocks: torch.Tensor, k_blocks: torch.Tensor, window: int) -> torch.Tensor:

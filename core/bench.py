@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+
 from eartalk.conditions.stack import ConditionSpec, ConditionStack
 from eartalk.core.errors import ConfigError
 from eartalk.core.model import EarTalkModel

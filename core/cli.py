@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import warnings
 import sys
 from collections.abc import Sequence
 
@@ -33,7 +34,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``eartalk`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = "-v" in argv or "--verbose" in argv
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("eartalk").setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not verbose:  # Lightning prints its own banner lines; keep the terminal readable
+        for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+        warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
     try:
         parser = build_parser()
         args = parser.parse_args(argv)

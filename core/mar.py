@@ -23,9 +23,10 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from eartalk.core.backbone import MLP, Attention
 from eartalk.core.presets import cosine_mask_len
-from torch import nn
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,7 +170,14 @@ class DiffusionHead(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        c = self.time_mlp(timestep_embedding(t, self.time_dim)) + self.cond_in(cond)  # (M, W)
+        return self.denoise(x, self.time_embed(t) + self.cond_in(cond))
+
+    def time_embed(self, t: torch.Tensor) -> torch.Tensor:
+        """``(M, W)`` embedding of timesteps ``(M,)``."""
+        return self.time_mlp(timestep_embedding(t, self.time_dim))
+
+    def denoise(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Output for noisy tokens ``(M, c)`` given the summed conditioning ``c`` ``(M or 1, W)``."""
         h = self.x_in(x)
         for blk in self.blocks:
             h = blk(h, c)
@@ -341,13 +349,14 @@ class MARDecoder(nn.Module):
             reps = 2 if guided else 1
             ctx = self.context(zz, tokens.repeat(reps, 1, 1), known.repeat(reps, 1))  # (reps * B, N, W)
             ctx = torch.gather(ctx, 1, idx.repeat(reps, 1)[..., None].expand(-1, -1, ctx.shape[-1]))  # (reps*B, m, W)
-            cond = ctx.reshape(reps * b * m, -1)
+            cond = self.head.cond_in(ctx.reshape(reps * b * m, -1))  # (reps*B*m, Wh), once per token
             scale = cfg if cfg_schedule == "constant" else 1.0 + (cfg - 1.0) * (n - masked_next) / n
 
             def model(x: torch.Tensor, t: torch.Tensor, cond=cond, scale=scale) -> torch.Tensor:
+                c = cond + self.head.time_embed(t[:1])  # every token shares the timestep
                 if not guided:
-                    return self.head(x, t, cond)
-                out_c, out_u = self.head(torch.cat([x, x]), torch.cat([t, t]), cond).chunk(2)
+                    return self.head.denoise(x, c)
+                out_c, out_u = self.head.denoise(torch.cat([x, x]), c).chunk(2)
                 return out_u + scale * (out_c - out_u)
 
             new = self.diffusion.sample(model, (b * m, self.token_dim), denoise_steps, temperature, eta, generator, device)

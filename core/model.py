@@ -18,13 +18,14 @@ from typing import Any
 
 import attrs
 import torch
+from torch import nn
+
 from eartalk.conditions.stack import ConditionStack
 from eartalk.core.backbone import Backbone
 from eartalk.core.errors import InputError, WeightsNotFoundError
 from eartalk.core.mar import MARDecoder
 from eartalk.core.presets import ModelArch, SamplingConfig, arch_from_dict, arch_to_dict, sampling_with
 from eartalk.core.vae import FrameVAE
-from torch import nn
 
 CHECKPOINT_FORMAT = "eartalk-model/1"
 
@@ -272,15 +273,16 @@ class EarTalkModel(nn.Module):
         per_pass += a.decoder_depth * (2 * n * w * 3 * w + 2 * n * w * w + 4 * n * w * whid + 4 * n * n * w)
         decoder = steps * per_pass
         hw, tdim = a.head_width, self.decoder.head.time_dim
-        per_call = 2 * (tdim * hw + hw * hw) + 2 * w * hw + 2 * c * hw
-        per_call += a.head_depth * (2 * hw * 3 * hw + 4 * hw * hw) + 2 * hw * 2 * hw + 2 * hw * c
-        head = n * min(sampling.denoise_steps, a.diffusion_steps) * per_call
+        denoise = min(sampling.denoise_steps, a.diffusion_steps)
+        per_call = 2 * c * hw + a.head_depth * (2 * hw * 3 * hw + 4 * hw * hw) + 2 * hw * 2 * hw + 2 * hw * c
+        head = n * (denoise * per_call + 2 * w * hw)  # denoising calls + one condition projection per token
+        time_mlp = steps * denoise * 2 * (tdim * hw + hw * hw)  # one timestep embedding per denoising call
         branches = 2 if sampling.cfg != 1.0 else 1
         vae = vae_decode_flops(a)
         out = {
             "backbone": branches * backbone,
             "decoder": branches * decoder,
-            "diffusion_head": branches * head,
+            "diffusion_head": branches * head + time_mlp,
             "vae_decode": vae,
         }
         out["total"] = sum(out.values())

@@ -19,6 +19,25 @@ def _names(text: str | None) -> list[str] | None:
     return [n.strip() for n in text.split(",") if n.strip()]
 
 
+def _arch_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``["window=12", "sampling.cfg=3"]`` -> ``{"window": 12, "sampling": {"cfg": 3}}`` (YAML scalars)."""
+    import yaml
+
+    from eartalk.core.errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--arch {item!r}: expected KEY=VALUE, e.g. --arch window=12")
+        value = yaml.safe_load(text)
+        if key.startswith("sampling."):
+            out.setdefault("sampling", {})[key.split(".", 1)[1]] = value
+        else:
+            out[key] = value
+    return out
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     from eartalk.core.presets import PRESETS
 
@@ -26,6 +45,12 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--conditions",
         help="comma-separated condition plugins (default: the built-in stack's installed conditions)",
+    )
+    parser.add_argument(
+        "--arch",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a ModelArch field (repeatable), e.g. --arch window=12 --arch sampling.cfg=3",
     )
     parser.add_argument("--json", action="store_true", help="print JSON")
 
@@ -42,7 +67,7 @@ class ModelCommand(Command):
     def run(self, args: argparse.Namespace) -> int:
         from eartalk.core.bench import model_info
 
-        info = model_info(args.preset, _names(args.conditions))
+        info = model_info(args.preset, _names(args.conditions), **_arch_overrides(args.arch))
         if args.json:
             print_json(info)
             return 0
@@ -88,15 +113,18 @@ class BenchCommand(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         import torch
+
         from eartalk.core.bench import bench_stream
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        sampling: dict[str, Any] = {}
+        kwargs = _arch_overrides(args.arch)
+        sampling: dict[str, Any] = kwargs.pop("sampling", {})
         for key, value in (("steps", args.steps), ("denoise_steps", args.denoise_steps), ("cfg", args.cfg)):
             if value is not None:
                 sampling[key] = value
-        kwargs: dict[str, Any] = {"sampling": sampling} if sampling else {}
+        if sampling:
+            kwargs["sampling"] = sampling
         common = dict(
             preset=args.preset,
             frames=args.frames,

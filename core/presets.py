@@ -15,6 +15,7 @@ import math
 from typing import Any
 
 import attrs
+
 from eartalk.core.errors import ConfigError, did_you_mean
 
 #: The built-in condition stack, in slot order (used when a plugin of that name is registered).

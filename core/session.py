@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 import torch
+
 from eartalk.conditions.timeline import ControlTimeline
 from eartalk.core.errors import InputError
 from eartalk.core.presets import SamplingConfig

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from eartalk.core.errors import EartalkError
 from eartalk.recipes.config import OptimConfig, TrainerConfig
 
@@ -42,12 +43,20 @@ def check_finite(loss: torch.Tensor, step: int, out_dir: str | Path) -> None:
         )
 
 
+def quiet_lightning() -> None:
+    """Hide Lightning's INFO banner lines (seed, GPU/TPU, tips) unless eartalk logs at DEBUG (-v)."""
+    if not log.isEnabledFor(logging.DEBUG):
+        for name in ("lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def build_trainer(trainer_cfg: TrainerConfig, out_dir: str | Path, monitor: str = "val/loss") -> Any:
     """A ``lightning.Trainer`` writing checkpoints (``last.ckpt`` for resuming) and CSV logs under ``out_dir``."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
+    quiet_lightning()
     out = Path(out_dir)
     checkpoint = ModelCheckpoint(
         dirpath=out / "checkpoints",
@@ -130,3 +139,42 @@ def plot_losses(out_dir: str | Path, name: str = "loss.png") -> Path | None:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def fit(config: Any, make_module: Any, stack_of: Any, final_name: str) -> Path:
+    """Run a recipe: seed, save the resolved config, fit (resuming from ``last.ckpt`` if asked),
+    save the final state as ``checkpoints/<final_name>`` and plot the losses.
+
+    Args:
+        config: a recipe config with ``seed``, ``out_dir``, ``data``, ``trainer`` and ``resume``.
+        make_module: builds the LightningModule (called after seeding).
+        stack_of: module -> condition stack the DataModule computes missing signals with (or None).
+        final_name: file name of the final checkpoint.
+    """
+    import lightning as L
+
+    from eartalk.core.config import save_resolved
+    from eartalk.core.dataset import TalkingHeadDataModule
+
+    quiet_lightning()
+    L.seed_everything(config.seed, workers=True)
+    out = Path(config.out_dir)
+    save_resolved(config, out)
+    module = make_module()
+    data = TalkingHeadDataModule(
+        config.data.root,
+        clip_frames=config.data.clip_frames,
+        batch_size=config.data.batch_size,
+        stack=stack_of(module),
+        val_fraction=config.data.val_fraction,
+        num_workers=config.data.num_workers,
+        seed=config.seed,
+    )
+    trainer = build_trainer(config.trainer, out)
+    trainer.fit(module, datamodule=data, ckpt_path=resume_path(out, config.resume))
+    # The final state is always saved (periodic saves need not land on the last step, and the
+    # VAE fits its latent statistics after the last step).
+    final = out / "checkpoints" / final_name
+    trainer.save_checkpoint(final)
+    plot_losses(out)
+    return final

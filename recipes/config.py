@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
+
 from eartalk.conditions.stack import ConditionSpec, validate_specs
 from eartalk.core.config import structure
 from eartalk.core.errors import ConfigError

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from eartalk.core.config import structure
-from eartalk.core.types import SAMPLES_PER_FRAME, VIDEO_FPS
+from eartalk.core.types import SAMPLES_PER_FRAME, VIDEO_FPS, Sample
 
 DEMO_CONDITIONS = ("audio", "voice_activity", "head_pose", "blink", "gaze", "emotion")
 
@@ -100,7 +101,17 @@ def run_demo(
     truth = sample.frames[:frames]  # (T, 3, R, R) uint8
     frames = int(truth.shape[0])
     reference = sample.frames[0].float() / 127.5 - 1.0
-    signals = {name: model.stack.plugins[name].extract(sample)[:frames] for name in DEMO_CONDITIONS if name != "emotion"}
+    # Driving signals: the held-out clip's exact ground truth where synth stored it, the audio
+    # features computed from its speech (as the audio plugins would from any wav).
+    stored = set(readers[0].entry.get("signals", []))
+    signals = {}
+    for name in DEMO_CONDITIONS:
+        if name == "emotion":
+            continue
+        if name in stored:
+            signals[name] = torch.from_numpy(readers[0].signal(name)[:frames].copy())
+        else:
+            signals[name] = model.stack.plugins[name].extract(Sample(audio=sample.audio, num_frames=sample.num_frames))[:frames]
     half = frames // 2
     edits = [ControlEdit("emotion", "happy", 0, half), ControlEdit("emotion", {"emotion": "sad", "intensity": 3}, half, None)]
     start = time.perf_counter()

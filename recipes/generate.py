@@ -19,6 +19,7 @@ from typing import Any
 
 import attrs
 import torch
+
 from eartalk.core.errors import InputError
 from eartalk.core.types import SAMPLES_PER_FRAME, VIDEO_FPS
 

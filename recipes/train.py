@@ -12,11 +12,12 @@ from typing import Any
 
 import attrs
 import torch
+
 from eartalk.conditions.stack import ConditionSpec
-from eartalk.core.config import save_resolved, structure, unstructure
+from eartalk.core.config import structure, unstructure
 from eartalk.core.errors import ConfigError, InputError
 from eartalk.recipes.base import Recipe
-from eartalk.recipes.common import build_trainer, check_finite, make_optimizer, plot_losses, resume_path
+from eartalk.recipes.common import check_finite, fit, make_optimizer
 from eartalk.recipes.config import (
     DataConfig,
     ModelConfig,
@@ -155,28 +156,7 @@ class TrainRecipe(Recipe):
         validate_common(config, source)
 
     def run(self, config: TrainConfig, overrides: list[str] | None = None) -> Path:
-        from eartalk.core.dataset import TalkingHeadDataModule
-
         for key, value in (("model.vae_checkpoint", config.model.vae_checkpoint), ("init_from", config.init_from)):
             if value and not Path(value).is_file():
                 raise ConfigError(f"{key}: {value} does not exist")
-        L.seed_everything(config.seed, workers=True)
-        out = Path(config.out_dir)
-        save_resolved(config, out)
-        module = EarTalkModule(unstructure(config))
-        data = TalkingHeadDataModule(
-            config.data.root,
-            clip_frames=config.data.clip_frames,
-            batch_size=config.data.batch_size,
-            stack=module.model.stack,
-            val_fraction=config.data.val_fraction,
-            num_workers=config.data.num_workers,
-            seed=config.seed,
-        )
-        trainer = build_trainer(config.trainer, out)
-        trainer.fit(module, datamodule=data, ckpt_path=resume_path(out, config.resume))
-        # The final state is always `last.ckpt` (periodic saves need not land on the last step).
-        final = out / "checkpoints" / "last.ckpt"
-        trainer.save_checkpoint(final)
-        plot_losses(out)
-        return final
+        return fit(config, lambda: EarTalkModule(unstructure(config)), lambda m: m.model.stack, "last.ckpt")

@@ -10,10 +10,11 @@ from typing import Any
 
 import attrs
 import torch
-from eartalk.core.config import save_resolved, structure, unstructure
+
+from eartalk.core.config import structure, unstructure
 from eartalk.core.errors import InputError
 from eartalk.recipes.base import Recipe
-from eartalk.recipes.common import build_trainer, check_finite, make_optimizer, plot_losses, resume_path
+from eartalk.recipes.common import check_finite, fit, make_optimizer
 from eartalk.recipes.config import DataConfig, ModelConfig, OptimConfig, TrainerConfig, arch_from, validate_common
 
 try:
@@ -110,25 +111,4 @@ class VAERecipe(Recipe):
         validate_common(config, source)
 
     def run(self, config: VAEConfig, overrides: list[str] | None = None) -> Path:
-        from eartalk.core.dataset import TalkingHeadDataModule
-
-        L.seed_everything(config.seed, workers=True)
-        out = Path(config.out_dir)
-        save_resolved(config, out)
-        module = FrameVAEModule(unstructure(config))
-        data = TalkingHeadDataModule(
-            config.data.root,
-            clip_frames=config.data.clip_frames,
-            batch_size=config.data.batch_size,
-            stack=None,
-            val_fraction=config.data.val_fraction,
-            num_workers=config.data.num_workers,
-            seed=config.seed,
-        )
-        trainer = build_trainer(config.trainer, out)
-        trainer.fit(module, datamodule=data, ckpt_path=resume_path(out, config.resume))
-        # Latent statistics are fitted after the last step: save them in a final checkpoint.
-        final = out / "checkpoints" / "vae.ckpt"
-        trainer.save_checkpoint(final)
-        plot_losses(out)
-        return final
+        return fit(config, lambda: FrameVAEModule(unstructure(config)), lambda m: None, "vae.ckpt")

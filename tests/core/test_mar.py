@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from eartalk.core.mar import Diffusion, MARDecoder, truncated_normal
 from eartalk.core.presets import cosine_mask_len
 
@@ -77,7 +78,7 @@ def test_loss_is_only_on_masked_tokens():
     dec = make_decoder(diffusion_batch_mul=3)
     z, tokens = torch.randn(2, 16, 16), torch.randn(2, 16, 8)
     seen = []
-    dec.head.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    dec.head.x_in.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
     g = torch.Generator().manual_seed(3)
     masks = dec.random_masks(2, torch.Generator().manual_seed(3))
     dec.loss(z, tokens, generator=g)
@@ -87,7 +88,7 @@ def test_loss_is_only_on_masked_tokens():
 def test_sampling_decides_every_token_once_in_k_steps():
     dec = make_decoder().eval()
     calls = []
-    dec.head.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    dec.head.x_in.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
     z = torch.randn(3, 16, 16)
     out = dec.sample(z, None, steps=4, denoise_steps=2, cfg=1.0, generator=torch.Generator().manual_seed(0))
     assert out.shape == (3, 16, 8)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
+
 from eartalk.conditions import ConditionStack
 from eartalk.conditions.testing import ToyAudio, ToyCondition
 from eartalk.core.errors import InputError, WeightsNotFoundError
 from eartalk.core.model import EarTalkModel, load_checkpoint, patchify, save_checkpoint, unpatchify
 from eartalk.core.presets import get_arch
-from torch.utils.flop_counter import FlopCounterMode
 
 
 @pytest.fixture(autouse=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from eartalk.conditions import ConditionStack
 from eartalk.conditions.testing import ToyAudio, ToyCondition
 from eartalk.core.errors import ConfigError

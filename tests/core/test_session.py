@@ -6,6 +6,7 @@ import gc
 
 import pytest
 import torch
+
 from eartalk.core.errors import InputError
 from eartalk.core.model import EarTalkModel
 from eartalk.core.presets import get_arch
