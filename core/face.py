@@ -60,6 +60,22 @@ def _rgb_uint8(image: torch.Tensor, what: str) -> np.ndarray:
     return np.ascontiguousarray(image.permute(1, 2, 0).cpu().numpy())  # (H, W, 3)
 
 
+def _ignore_sigprof() -> None:
+    """Record SIGPROF as ignored in Python's signal table before MediaPipe starts its threads.
+
+    MediaPipe's worker threads arm per-thread CPU timers that deliver SIGPROF and set the signal
+    to "ignore" at the C level only. Python's table still says "default", and code that saves and
+    restores every handler (Lightning's signal connector does, around ``Trainer.fit``) then puts
+    back "default": the next timer tick kills the process ("Profiling timer expired"). Ignoring it
+    through Python keeps both views equal. Only the main thread may set handlers.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGPROF) == signal.SIG_DFL:
+        signal.signal(signal.SIGPROF, signal.SIG_IGN)
+
+
 class FaceAnalyzer:
     """MediaPipe FaceLandmarker with blendshapes and transformation matrices.
 
@@ -86,6 +102,7 @@ class FaceAnalyzer:
     def _create(self, video: bool) -> Any:
         from mediapipe.tasks.python import BaseOptions, vision
 
+        _ignore_sigprof()
         options = vision.FaceLandmarkerOptions(
             base_options=BaseOptions(model_asset_buffer=self._model_bytes),
             running_mode=vision.RunningMode.VIDEO if video else vision.RunningMode.IMAGE,

@@ -177,3 +177,30 @@ def test_crop_frames_takes_the_box_and_track_in_crop_maps_landmarks():
     local = track_in_crop(track, boxes, 100, 100)
     assert torch.allclose(local.landmarks[0, :, 0].min(), torch.tensor(0.0), atol=1e-5)
     assert torch.allclose(local.landmarks[0, :, 1].max(), torch.tensor(1.0), atol=1e-5)
+
+
+def test_sigprof_ticks_survive_a_handler_save_and_restore(landmarker_path, real_dir) -> None:
+    """MediaPipe's threads tick SIGPROF timers (ignored at C level). Saving and restoring every
+    Python handler, as Lightning does around ``Trainer.fit``, must not reinstate the default
+    action, which kills the process. Runs in a subprocess: the failure mode is process death."""
+    import subprocess
+    import sys
+
+    code = f"""
+import signal, time
+from eartalk.core.face import FaceAnalyzer
+from eartalk.core.media import read_image
+image = read_image({str(real_dir / "image" / "LivePortrait__s42.jpg")!r})
+with FaceAnalyzer({str(landmarker_path)!r}) as analyzer:
+    analyzer.detect(image)
+    saved = {{s: signal.getsignal(s) for s in (signal.SIGPROF, signal.SIGTERM)}}
+    for s, handler in saved.items():
+        signal.signal(s, handler)
+    start = time.process_time()
+    while time.process_time() - start < 1.0:
+        analyzer.detect(image)
+print(signal.getsignal(signal.SIGPROF) == signal.SIG_IGN)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"process died (rc {result.returncode}): {result.stderr[-500:]}"
+    assert result.stdout.strip().endswith("True")
