@@ -61,3 +61,28 @@ def test_regular_install_cli_matches_editable(wheel_site: Path, tmp_path: Path) 
         return {(r["kind"], r["name"]) for r in json.loads(out)}
 
     assert names(regular.stdout) == names(editable.stdout)
+
+
+def test_example_plugin_package_installs_and_passes_the_kit(tmp_path: Path) -> None:
+    """The documented third-party package, pip-installed: listed by `eartalk plugins`, usable by
+    name in a stack, and its own conformance tests pass against eartalk's kit."""
+    example = REPO / "docs" / "examples" / "eartalk-brightness"
+    site = tmp_path / "site"
+    installed = run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
+                     "--target", str(site), str(example)], cwd=tmp_path)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    listed = run([sys.executable, "-m", "eartalk", "plugins", "--json", "--kind", "condition"], cwd=tmp_path, env=env)
+    assert listed.returncode == 0, listed.stderr
+    import json
+
+    rows = {r["name"]: r for r in json.loads(listed.stdout)}
+    assert rows["brightness"]["distribution"] == "eartalk-brightness" and rows["brightness"]["slots"] == 1
+    stack = run([sys.executable, "-c", "from eartalk.conditions import ConditionSpec, ConditionStack;"
+                 "s = ConditionStack.from_specs([ConditionSpec('audio'), ConditionSpec('brightness')], 16);"
+                 "print([(x.name, x.offset, x.slots) for x in s.layout])"], cwd=tmp_path, env=env)
+    assert stack.returncode == 0, stack.stderr
+    assert "('brightness'," in stack.stdout
+    tests = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(example / "test_brightness.py")], cwd=tmp_path, env=env)
+    assert tests.returncode == 0, tests.stdout[-2000:] + tests.stderr[-2000:]
+    assert "passed" in tests.stdout
