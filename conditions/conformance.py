@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import attrs
 import numpy as np
 import torch
+
 from eartalk.core.protocol import ConditionPlugin
 from eartalk.core.types import Sample
 

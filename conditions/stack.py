@@ -13,11 +13,12 @@ from typing import Any
 
 import attrs
 import torch
+from torch import nn
+
 from eartalk.core.config import structure
 from eartalk.core.errors import ConfigError, EartalkError
 from eartalk.core.protocol import ConditionPlugin
 from eartalk.core.types import Sample
-from torch import nn
 
 
 @attrs.frozen

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import attrs
 import torch
+from torch import nn
+
 from eartalk.core.protocol import ConditionPlugin
 from eartalk.core.types import Sample
-from torch import nn
 
 
 @attrs.frozen

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import warnings
 import sys
+import warnings
 from collections.abc import Sequence
 
 from eartalk import __version__

@@ -20,6 +20,7 @@ import attrs
 import cattrs
 import yaml
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+
 from eartalk.core.errors import ConfigError, did_you_mean
 
 T = TypeVar("T")

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from eartalk.core.errors import InputError, WeightsNotFoundError
 from eartalk.core.types import VIDEO_FPS, FaceTrack, Sample
 

@@ -28,9 +28,10 @@ from typing import Any, ClassVar
 import attrs
 import numpy as np
 import torch
+from torch import nn
+
 from eartalk.core.errors import InputError
 from eartalk.core.types import Sample
-from torch import nn
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"})
 AUDIO_SUFFIXES = frozenset({".wav", ".mp3", ".m4a", ".flac", ".ogg", ".aac", ".opus"})

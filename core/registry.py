@@ -17,6 +17,7 @@ from typing import Any
 
 import attrs
 import pluggy
+
 from eartalk.core import hookspecs
 from eartalk.core.errors import PluginError, UnknownPluginError, did_you_mean
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from eartalk.core.types import FaceTrack
 from torch import Tensor
+
+from eartalk.core.types import FaceTrack
 
 MEDIAPIPE_FIVE = (468, 473, 1, 61, 291)
 

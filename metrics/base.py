@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 
 import attrs
 import torch
+
 from eartalk.core.protocol import NoOptions
 from eartalk.core.types import FaceTrack
 

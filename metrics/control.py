@@ -25,8 +25,9 @@ from __future__ import annotations
 import math
 
 import torch
-from eartalk.core.types import Sample
 from torch import Tensor
+
+from eartalk.core.types import Sample
 
 BLINK_THRESHOLD = 0.5
 

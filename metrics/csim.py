@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import Metric
+
 from eartalk.core.types import FaceTrack
 from eartalk.metrics.align import ARCFACE_TEMPLATE, five_points, similarity_transform, warp_affine
 from eartalk.metrics.weights import resolve_weights
-from torch import Tensor, nn
-from torchmetrics import Metric
 
 IRESNET_LAYERS = {"r18": (2, 2, 2, 2), "r34": (3, 4, 6, 3), "r50": (3, 4, 14, 3), "r100": (3, 13, 30, 3)}
 

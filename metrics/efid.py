@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
+
 from eartalk.core.types import FaceTrack
 from eartalk.metrics.align import five_points
 from eartalk.metrics.frechet import FrechetDistance, frechet_distance
 from eartalk.metrics.weights import WeightsSpec, resolve_weights
-from torch import Tensor, nn
 
 EXPRESSION = slice(80, 144)
 HEAD_SIZES = (80, 64, 80, 3, 27, 2, 1)  # id, exp, tex, angle, gamma, tx/ty, tz -> 257

@@ -19,6 +19,7 @@ from typing import Any
 
 import attrs
 import torch
+
 from eartalk.core.commands import Command, print_json
 from eartalk.core.errors import ConfigError, EartalkError, InputError
 from eartalk.core.protocol import VIDEO_SUFFIXES

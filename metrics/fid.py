@@ -16,10 +16,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from eartalk.core.errors import ConfigError
-from eartalk.metrics.weights import load_torchscript, resolve_weights
 from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
+
+from eartalk.core.errors import ConfigError
+from eartalk.metrics.weights import load_torchscript, resolve_weights
 
 
 class TorchScriptFeatures(nn.Module):

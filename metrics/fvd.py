@@ -13,9 +13,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
+
 from eartalk.metrics.frechet import FrechetDistance, frechet_distance
 from eartalk.metrics.weights import load_torchscript, resolve_weights
-from torch import Tensor
 
 CLIP_FRAMES = 16
 SIZE = 224

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from eartalk.metrics.weights import load_torchscript, resolve_weights
 from torch import Tensor
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
+from eartalk.metrics.weights import load_torchscript, resolve_weights
 
 
 def paired_frames(generated: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:

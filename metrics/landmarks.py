@@ -12,9 +12,10 @@ therefore not numerically comparable with dlib-based papers; compare methods wit
 from __future__ import annotations
 
 import torch
-from eartalk.core.types import FaceTrack
 from torch import Tensor
 from torchmetrics import Metric
+
+from eartalk.core.types import FaceTrack
 
 MEDIAPIPE_68 = (
     162, 234, 93, 58, 172, 136, 149, 148, 152, 377, 378, 365, 397, 288, 323, 454, 389,  # jaw

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import attrs
 import numpy as np
 import torch
+
 from eartalk.core.errors import InputError
 from eartalk.core.types import Sample
 from eartalk.metrics.base import MetricPlugin, MetricResult, Video, VideoSet

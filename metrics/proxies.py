@@ -22,10 +22,11 @@ from __future__ import annotations
 import attrs
 import numpy as np
 import torch
+from torch import Tensor
+
 from eartalk.core.types import FaceTrack
 from eartalk.metrics.frechet import frechet_distance
 from eartalk.metrics.syncnet import mel_filterbank
-from torch import Tensor
 
 MAX_LAG = 15
 N_MELS = 6

@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from eartalk.metrics.weights import resolve_weights
 from torch import Tensor, nn
 from torchmetrics import Metric
+
+from eartalk.metrics.weights import resolve_weights
 
 VSHIFT = 15
 WINDOW_FRAMES = 5

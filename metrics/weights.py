@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 
 import attrs
+
 from eartalk.core.errors import WeightsNotFoundError
 
 ENV_DIR = "EARTALK_WEIGHTS_DIR"

@@ -28,11 +28,12 @@ from typing import Any
 
 import attrs
 import torch
+from torch import nn
+
 from eartalk.core.errors import ConfigError
 from eartalk.core.protocol import ConditionPlugin
 from eartalk.core.types import AUDIO_SAMPLE_RATE, SAMPLES_PER_FRAME, Sample
 from eartalk.plugins.base import FrameMLP, load_pyannote_model, non_negative, positive
-from torch import nn
 
 BACKENDS = ("logmel", "pyannote")
 HOP = 160  # 10 ms at 16 kHz

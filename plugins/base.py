@@ -17,10 +17,11 @@ from typing import Any
 
 import attrs
 import torch
+from torch import nn
+
 from eartalk.core.errors import ConfigError, WeightsNotFoundError
 from eartalk.core.protocol import ConditionPlugin
 from eartalk.core.types import FaceTrack, Sample
-from torch import nn
 
 
 def positive(instance: Any, attribute: attrs.Attribute, value: int) -> None:

@@ -24,11 +24,12 @@ from typing import Any
 
 import attrs
 import torch
+from torch import nn
+
 from eartalk.core.errors import ConfigError, InputError
 from eartalk.core.protocol import ConditionPlugin
 from eartalk.core.types import Sample
 from eartalk.plugins.base import positive
-from torch import nn
 
 EMOTIONS = ("angry", "contempt", "disgusted", "fear", "happy", "neutral", "sad", "surprised")
 LEVELS = (1, 2, 3)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import attrs
 import torch
+
 from eartalk.core.errors import ConfigError, InputError, did_you_mean
 from eartalk.core.face import BLENDSHAPE_NAMES
 from eartalk.core.types import FaceTrack

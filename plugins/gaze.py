@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import attrs
 import torch
+
 from eartalk.core.errors import ConfigError, InputError
 from eartalk.core.types import FaceTrack
 from eartalk.plugins.base import FaceOptions, FacePlugin, blendshape_columns

@@ -17,6 +17,7 @@ import math
 
 import attrs
 import torch
+
 from eartalk.core.errors import InputError
 from eartalk.core.types import FaceTrack
 from eartalk.plugins.base import FaceOptions, FacePlugin

@@ -24,6 +24,7 @@ from typing import Any
 import attrs
 import numpy as np
 import torch
+
 from eartalk.core.errors import ConfigError, InputError
 from eartalk.core.protocol import ConditionPlugin
 from eartalk.core.types import AUDIO_SAMPLE_RATE, SAMPLES_PER_FRAME, Sample

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 
@@ -14,7 +13,9 @@ SHARED = REPO.parent / "shared"
 REAL = SHARED / "data" / "real"
 LANDMARKER = SHARED / "models" / "face_landmarker.task"
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One intra-op thread: the test tensors are small, and two OpenMP threads contending with
+# MediaPipe's and DataLoader threads on a 2-core machine run many times slower than one.
+torch.set_num_threads(1)
 
 
 class NetworkBlocked(RuntimeError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from eartalk.conditions.conformance import ConditionPluginConformance, check_condition_plugin
 from eartalk.conditions.testing import ToyAudio, ToyCondition
 from eartalk.core.types import Sample

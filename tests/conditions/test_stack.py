@@ -6,6 +6,7 @@ import types
 
 import pytest
 import torch
+
 from eartalk.conditions import ConditionSpec, ConditionStack, ControlTimeline, DropoutSpec
 from eartalk.conditions.testing import ToyAudio, ToyCondition
 from eartalk.core.errors import ConfigError

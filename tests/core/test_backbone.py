@@ -10,16 +10,6 @@ from eartalk.core.backbone import Backbone, block_mask
 N, K, C_TOK, GRID = 4, 2, 6, 2
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these ops are tiny, and two threads on a shared, loaded 2-core machine
-    run 10x slower (OpenMP spinning) than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_backbone(depth: int = 2, window: int = 3, period: int = 8, seed: int = 0) -> Backbone:
     """A small backbone with random adaLN weights (zero-init gates would make every block the identity)."""
     torch.manual_seed(seed)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from eartalk.core.cli import main
 from eartalk.core.registry import get_registry
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import attrs
 import pytest
+
 from eartalk.core.config import apply_overrides, load_config, save_resolved, structure
 from eartalk.core.errors import ConfigError
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from eartalk.core.errors import InputError, WeightsNotFoundError
 from eartalk.core.face import (
     BLENDSHAPE_NAMES,

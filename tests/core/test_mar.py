@@ -11,16 +11,6 @@ from eartalk.core.mar import Diffusion, MARDecoder, truncated_normal
 from eartalk.core.presets import cosine_mask_len
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these ops are tiny, and two threads on a shared, loaded 2-core machine
-    run 10x slower (OpenMP spinning) than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_decoder(**kw) -> MARDecoder:
     torch.manual_seed(0)
     args = dict(token_dim=8, context_dim=16, num_tokens=16, grid=4, width=32, heads=4, depth=2, head_width=64, head_depth=2)

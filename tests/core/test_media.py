@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+
 from eartalk.core.errors import InputError
 from eartalk.core.media import load_sample, read_audio, read_image, read_portrait, read_video, write_video
 from eartalk.core.types import SAMPLES_PER_FRAME

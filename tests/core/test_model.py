@@ -13,15 +13,6 @@ from eartalk.core.model import EarTalkModel, load_checkpoint, patchify, save_che
 from eartalk.core.presets import get_arch
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread (tiny ops on a shared 2-core machine run faster that way)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def smooth_batch(batch: int = 2, frames: int = 6, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     coarse = torch.rand(batch * frames, 3, 8, 8, generator=g) * 2 - 1

@@ -6,7 +6,6 @@ import json
 import types
 
 import pytest
-import torch
 
 from eartalk.conditions.testing import ToyAudio, ToyCondition
 from eartalk.core import registry as registry_module
@@ -33,14 +32,6 @@ def toy_registry(_registry_with_toys, monkeypatch):
     """The built-in registry plus the toy plugins (registered in-process, like a third party would)."""
     monkeypatch.setattr(registry_module, "get_registry", lambda: _registry_with_toys)
     return _registry_with_toys
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run_json(capsys, *argv: str) -> dict:

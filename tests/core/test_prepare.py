@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from eartalk.core.cli import main
 from eartalk.core.dataset import TalkingHeadDataset, load_clips, read_manifest, read_skipped
 from eartalk.core.media import read_video

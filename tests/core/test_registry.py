@@ -5,6 +5,7 @@ from __future__ import annotations
 import types
 
 import pytest
+
 from eartalk.core.errors import PluginError, UnknownPluginError
 from eartalk.core.hookspecs import hookimpl
 from eartalk.core.registry import build_registry

@@ -12,16 +12,6 @@ from eartalk.core.model import EarTalkModel
 from eartalk.core.presets import get_arch
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these ops are tiny, and two threads on a shared, loaded 2-core machine
-    run 10x slower (OpenMP spinning) than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def activate(model: EarTalkModel, seed: int = 0) -> EarTalkModel:
     """Random adaLN weights: at zero init every block is the identity and conditions cannot act yet."""
     g = torch.Generator().manual_seed(seed)

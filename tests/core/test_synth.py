@@ -8,6 +8,7 @@ import attrs
 import numpy as np
 import pytest
 import torch
+
 from eartalk.core.synth import (
     EMOTIONS,
     MOUTH_INNER,

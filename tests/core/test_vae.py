@@ -8,16 +8,6 @@ import torch
 from eartalk.core.vae import FrameVAE
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these ops are tiny, and two threads on a shared, loaded 2-core machine
-    run 10x slower (OpenMP spinning) than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture()
 def vae() -> FrameVAE:
     torch.manual_seed(0)

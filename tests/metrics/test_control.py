@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from eartalk.core.registry import get_registry
 from eartalk.core.types import Sample
 from eartalk.metrics.control import ControlSkipped, binary_f1, control_error, control_fidelity

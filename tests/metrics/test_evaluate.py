@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+
 from eartalk.core.cli import main
 from eartalk.metrics.syncnet import SyncNet
 

@@ -3,6 +3,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+
 from eartalk.metrics.frechet import (
     FrechetDistance,
     frechet_distance,

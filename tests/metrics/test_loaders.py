@@ -5,6 +5,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from scipy.io import savemat
+from torch import nn
+
 from eartalk.core.errors import ConfigError
 from eartalk.core.types import FaceTrack
 from eartalk.metrics.csim import IResNet, align_arcface, cosine_similarity_to, identity_embeddings, load_arcface
@@ -19,8 +22,6 @@ from eartalk.metrics.efid import (
 )
 from eartalk.metrics.fid import build_fid, fid_from_frames
 from eartalk.metrics.fvd import FrechetVideoDistance, fvd, load_i3d, video_clips
-from scipy.io import savemat
-from torch import nn
 
 
 def _save_scripted(module: nn.Module, path) -> None:

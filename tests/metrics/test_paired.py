@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+
 from eartalk.metrics.image import make_psnr, make_ssim, paired_frames
 from eartalk.metrics.landmarks import MEDIAPIPE_68, MOUTH, LandmarkDistance, landmark_distance
 

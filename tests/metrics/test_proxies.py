@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from eartalk.metrics.proxies import (
     MAX_LAG,
     audio_features,

@@ -1,4 +1,5 @@
 import pytest
+
 from eartalk.metrics.ranking import average_ranks
 
 

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+
 from eartalk.core.errors import WeightsNotFoundError
 from eartalk.metrics.syncnet import (
     SyncNet,

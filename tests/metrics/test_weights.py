@@ -1,6 +1,7 @@
 import hashlib
 
 import pytest
+
 from eartalk.core.errors import WeightsNotFoundError
 from eartalk.metrics.weights import (
     ENV_DIR,

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+
 from eartalk.conditions.conformance import ConditionPluginConformance
 from eartalk.core.config import structure
 from eartalk.core.errors import ConfigError, WeightsNotFoundError

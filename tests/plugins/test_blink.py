@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from eartalk.conditions.conformance import ConditionPluginConformance
 from eartalk.core.errors import WeightsNotFoundError
 from eartalk.core.face import ENV_VAR

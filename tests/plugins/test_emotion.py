@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from eartalk.conditions.conformance import ConditionPluginConformance
 from eartalk.core.errors import ConfigError, InputError
 from eartalk.core.types import Sample

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from eartalk.conditions.conformance import ConditionPluginConformance
 from eartalk.conditions.stack import ConditionSpec, build_plugins
 from eartalk.core.errors import ConfigError, InputError

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from eartalk.conditions.conformance import ConditionPluginConformance
 from eartalk.core.types import Sample
 from eartalk.plugins.head_pose import HeadPose, HeadPoseOptions, matrix_to_pose, pose_to_matrix

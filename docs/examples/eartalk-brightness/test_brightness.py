@@ -1,10 +1,10 @@
 """The plugin's own tests: eartalk's conformance kit run against Brightness."""
 
 import torch
+from eartalk_brightness import Brightness
 
 from eartalk.conditions.conformance import ConditionPluginConformance
 from eartalk.core.types import Sample
-from eartalk_brightness import Brightness
 
 
 class TestBrightness(ConditionPluginConformance):
