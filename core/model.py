@@ -62,14 +62,7 @@ class EarTalkModel(nn.Module):
         self.arch = arch
         self.stack = stack
         self.freeze_vae = freeze_vae
-        self.vae = FrameVAE(
-            arch.vae_channels,
-            arch.latent_channels,
-            arch.vae_res_blocks,
-            arch.vae_temporal_kernel,
-            arch.vae_kl_weight,
-            arch.vae_recon,
-        )
+        self.vae = FrameVAE.from_arch(arch)
         self.backbone = Backbone(
             token_dim=arch.token_dim,
             num_tokens=arch.num_tokens,

@@ -17,6 +17,7 @@ Layout: the public API uses ``(B, T, C, H, W)``; convolutions run on ``(B, C, T,
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -182,6 +183,18 @@ class FrameVAE(nn.Module):
         # Latent normalisation, stored with the weights: z_norm = (z - mean) / std.
         self.register_buffer("latent_mean", torch.zeros(latent_channels))
         self.register_buffer("latent_std", torch.ones(latent_channels))
+
+    @classmethod
+    def from_arch(cls, arch: Any) -> FrameVAE:
+        """The frame VAE described by a :class:`~eartalk.core.presets.ModelArch`."""
+        return cls(
+            arch.vae_channels,
+            arch.latent_channels,
+            arch.vae_res_blocks,
+            arch.vae_temporal_kernel,
+            arch.vae_kl_weight,
+            arch.vae_recon,
+        )
 
     # -- normalisation ---------------------------------------------------------------------------
     def normalize(self, z: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ import torch
 
 from eartalk.core.config import structure, unstructure
 from eartalk.core.errors import InputError
+from eartalk.core.vae import FrameVAE
 from eartalk.recipes.base import Recipe
 from eartalk.recipes.common import check_finite, fit, make_optimizer
 from eartalk.recipes.config import DataConfig, ModelConfig, OptimConfig, TrainerConfig, arch_from, validate_common
@@ -41,20 +42,6 @@ class VAEConfig:
     resume: bool = True
 
 
-def make_vae(arch: Any) -> torch.nn.Module:
-    """The frame VAE of a ``ModelArch``."""
-    from eartalk.core.vae import FrameVAE
-
-    return FrameVAE(
-        channels=arch.vae_channels,
-        latent_channels=arch.latent_channels,
-        res_blocks=arch.vae_res_blocks,
-        temporal_kernel=arch.vae_temporal_kernel,
-        kl_weight=arch.vae_kl_weight,
-        recon=arch.vae_recon,
-    )
-
-
 def load_vae_weights(vae: torch.nn.Module, path: str | Path) -> None:
     """Load a ``vae`` recipe checkpoint (Lightning ``state_dict`` with ``vae.`` prefix) into ``vae``."""
     path = Path(path)
@@ -78,7 +65,7 @@ if L is not None:
             super().__init__()
             self.save_hyperparameters({"config": config})
             self.cfg = structure(config, VAEConfig)
-            self.vae = make_vae(arch_from(self.cfg.model))
+            self.vae = FrameVAE.from_arch(arch_from(self.cfg.model))
 
         def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
             losses = self.vae.loss(batch["frames"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+SKIP = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache", "runs", "data")
+
+
+def clean_copy(src: Path, dst: Path) -> Path:
+    """Build from a copy: pip builds in-tree, and stale build/ output must not reach the wheel."""
+    shutil.copytree(src, dst, ignore=SKIP)
+    return dst
 
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -20,7 +28,8 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> subproc
 def wheel_site(tmp_path_factory) -> Path:
     """Build a wheel of the repo offline and unpack it into a target folder."""
     tmp = tmp_path_factory.mktemp("install")
-    built = run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp / "wheels"), str(REPO)], cwd=tmp)
+    src = clean_copy(REPO, tmp / "src")
+    built = run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp / "wheels"), str(src)], cwd=tmp)
     assert built.returncode == 0, built.stdout + built.stderr
     wheel = next((tmp / "wheels").glob("eartalk-*.whl"))
     site = tmp / "site"
@@ -66,7 +75,7 @@ def test_regular_install_cli_matches_editable(wheel_site: Path, tmp_path: Path) 
 def test_example_plugin_package_installs_and_passes_the_kit(tmp_path: Path) -> None:
     """The documented third-party package, pip-installed: listed by `eartalk plugins`, usable by
     name in a stack, and its own conformance tests pass against eartalk's kit."""
-    example = REPO / "docs" / "examples" / "eartalk-brightness"
+    example = clean_copy(REPO / "docs" / "examples" / "eartalk-brightness", tmp_path / "example")
     site = tmp_path / "site"
     installed = run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
                      "--target", str(site), str(example)], cwd=tmp_path)
