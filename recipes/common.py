@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +45,12 @@ def check_finite(loss: torch.Tensor, step: int, out_dir: str | Path) -> None:
 
 
 def quiet_lightning() -> None:
-    """Hide Lightning's INFO banner lines (seed, GPU/TPU, tips) unless eartalk logs at DEBUG (-v)."""
+    """Hide Lightning's INFO banner lines (seed, GPU/TPU, tips) and its LeafSpec deprecation warning unless eartalk logs at DEBUG (-v)."""
     if not log.isEnabledFor(logging.DEBUG):
         for name in ("lightning.pytorch", "lightning.fabric"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        # Lightning's pytree helper trips torch's LeafSpec deprecation on every fit: not ours to fix.
+        warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
 
 
 def build_trainer(trainer_cfg: TrainerConfig, out_dir: str | Path, monitor: str = "val/loss") -> Any:
