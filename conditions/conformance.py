@@ -170,6 +170,8 @@ class ConditionPluginConformance:
         torch.testing.assert_close(plugin.values(tmp_path / "values.csv", frames), per_frame, atol=1e-5, rtol=1e-5)
         longer = plugin.values(per_frame[:2], frames + 3)
         assert longer[2:].isnan().all(), "frames past the end of given values are absent"
+        torch.testing.assert_close(plugin.values(tmp_path / "values.npy"), per_frame, msg="natural length: every row")
+        torch.testing.assert_close(plugin.values(row.tolist()), row, msg="natural length: a constant is one row")
 
     def test_in_a_stack_and_timeline(self) -> None:
         from eartalk.conditions import ConditionStack, ControlTimeline

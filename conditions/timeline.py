@@ -45,17 +45,10 @@ class ControlTimeline:
         """Set control ``name`` from frame ``start`` (to ``stop``, exclusive, or on).
 
         ``value`` is anything :meth:`ConditionPlugin.values` accepts: a constant, a per-frame
-        array, a label, a mapping, or a file. Per-frame arrays run from ``start``.
+        array, a label, a mapping, or a file. Per-frame values run from ``start`` for their own
+        length (or until ``stop``); constants hold until ``stop``.
         """
-        plugin = self.stack.plugin(name)
-        if isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape[-1] == plugin.signal_dim:
-            values = value.float()
-        else:
-            probe = plugin.values(value, num_frames=1 if stop is None else max(stop - start, 1))
-            constant = torch.equal(probe.isnan(), probe[:1].isnan().expand_as(probe)) and bool(
-                (probe.nan_to_num(0) == probe[:1].nan_to_num(0)).all()
-            )
-            values = probe[0] if constant else probe
+        values = self.stack.plugin(name).values(value)  # (D,) constant or (L, D) per frame
         self.edits.append(Edit(name, int(start), stop, values))
 
     def clear(self, name: str, start: int = 0, stop: int | None = None) -> None:

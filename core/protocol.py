@@ -124,16 +124,20 @@ class ConditionPlugin(nn.Module):
         return torch.where(present[..., None, None], tokens, null)
 
     # -- inference-time values ----------------------------------------------------------------
-    def values(self, value: Any, num_frames: int) -> torch.Tensor:
+    def values(self, value: Any, num_frames: int | None = None) -> torch.Tensor:
         """Turn a user value into a signal ``(num_frames, signal_dim)`` (NaN rows = absent).
 
         Accepted values: None (absent everywhere); a number, list or 1-D array (constant over
         frames); a ``(T, signal_dim)`` array or tensor (shorter ones are absent past their end);
         a mapping (see :meth:`parse_mapping`); a label string (see :meth:`parse_label`); a path to
         ``.npy``/``.csv``/``.json`` values, to a driving video, or to an audio file.
+
+        With ``num_frames=None`` the value keeps its natural length: a constant comes back as one
+        row ``(signal_dim,)``, per-frame values (arrays, files, videos, audio) as ``(L, signal_dim)``.
         """
         if value is None:
-            return torch.full((num_frames, self.signal_dim), float("nan"))
+            shape = (self.signal_dim,) if num_frames is None else (num_frames, self.signal_dim)
+            return torch.full(shape, float("nan"))
         if isinstance(value, (str, Path)):
             text = str(value)
             path = Path(text).expanduser()
@@ -175,15 +179,16 @@ class ConditionPlugin(nn.Module):
                 out[:, i] = torch.as_tensor(mapping[col], dtype=torch.float32)
         return out if length is not None else out[0]
 
-    def from_video(self, path: Path, num_frames: int) -> torch.Tensor:
-        """Signal re-extracted from a driving video (face pipeline + :meth:`extract`)."""
+    def from_video(self, path: Path, num_frames: int | None) -> torch.Tensor:
+        """Signal re-extracted from a driving video (face pipeline + :meth:`extract`); a constant
+        ``(signal_dim,)`` row is also accepted. ``num_frames=None``: the whole video."""
         from eartalk.core.media import load_sample  # local: media pulls in PyAV and MediaPipe
 
         sample = load_sample(path, need_face="face" in self.requires, num_frames=num_frames)
         return self.extract(sample)
 
-    def from_audio(self, path: Path, num_frames: int) -> torch.Tensor:
-        """Signal from an audio file (only audio-driven plugins accept this)."""
+    def from_audio(self, path: Path, num_frames: int | None) -> torch.Tensor:
+        """Signal from an audio file (only audio-driven plugins accept this); None: its whole length."""
         if "audio" not in self.requires:
             raise InputError(f"condition {self.name!r} cannot take its values from audio file {path}")
         from eartalk.core.media import read_audio
@@ -222,8 +227,9 @@ class ConditionPlugin(nn.Module):
                 f"naming columns from {self.columns} or numbers only"
             ) from err
 
-    def _fit(self, array: torch.Tensor, num_frames: int, what: str) -> torch.Tensor:
-        """Broadcast a constant or trim/pad a per-frame array to ``(num_frames, signal_dim)``."""
+    def _fit(self, array: torch.Tensor, num_frames: int | None, what: str) -> torch.Tensor:
+        """Broadcast a constant or trim/pad a per-frame array to ``(num_frames, signal_dim)``
+        (``num_frames=None``: checked, but kept at its natural length)."""
         array = array.to(torch.float32)
         if array.dim() == 0:
             array = array.reshape(1)
@@ -233,12 +239,14 @@ class ConditionPlugin(nn.Module):
                     f"condition {self.name!r}: a constant needs {self.signal_dim} values "
                     f"({', '.join(self.columns)}), got {array.shape[0]} from {what}"
                 )
-            return array.expand(num_frames, -1).clone()
+            return array.clone() if num_frames is None else array.expand(num_frames, -1).clone()
         if array.dim() != 2 or array.shape[1] != self.signal_dim:
             raise InputError(
                 f"condition {self.name!r}: per-frame values must have shape (T, {self.signal_dim}), "
                 f"got {tuple(array.shape)} from {what}"
             )
+        if num_frames is None:
+            return array
         out = torch.full((num_frames, self.signal_dim), float("nan"))
         n = min(num_frames, array.shape[0])
         out[:n] = array[:n]

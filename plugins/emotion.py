@@ -180,10 +180,10 @@ class Emotion(ConditionPlugin):
                         self.label(e, None if level is None or level != level else level))
         return torch.stack(rows)
 
-    def from_video(self, path: Path, num_frames: int) -> torch.Tensor:
-        """A driving clip's label from its MEAD-style path (the pixels are not read)."""
+    def from_video(self, path: Path, num_frames: int | None) -> torch.Tensor:
+        """A driving clip's label from its MEAD-style path (the pixels are not read): one row."""
         parsed = parse_mead_path(path)
         if parsed is None:
             raise InputError(f"condition 'emotion': cannot tell the emotion of {path}; only MEAD-style paths "
                              "(.../<emotion>/level_<n>/...) carry one. Give a label such as 'happy' instead")
-        return self.label(*parsed).expand(num_frames, -1).clone()
+        return self.label(*parsed)

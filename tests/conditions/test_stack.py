@@ -109,3 +109,19 @@ def test_timeline_edits_at_any_frame(toy_stack) -> None:
     tokens = toy_stack(values)
     null = toy_stack.plugins["toy"].null_token + toy_stack.type_embedding[0]
     torch.testing.assert_close(tokens[0, 5, :1], null)
+
+
+def test_timeline_file_edit_without_stop_keeps_every_row(toy_stack, tmp_path) -> None:
+    """An open-ended per-frame file (e.g. --control head_pose=pose.csv) runs for its own length."""
+    import numpy as np
+
+    ramp = np.arange(15, dtype=np.float32).reshape(5, 3)
+    np.save(tmp_path / "ramp.npy", ramp)
+    timeline = ControlTimeline(toy_stack)
+    timeline.set("toy", tmp_path / "ramp.npy", start=1)
+    toy = timeline.span(0, 8)["toy"][0]
+    assert toy[0].isnan().all() and toy[6:].isnan().all()
+    assert toy[1:6].tolist() == ramp.tolist()
+    timeline.set("toy", tmp_path / "ramp.npy", start=2, stop=4)
+    toy = timeline.span(0, 8)["toy"][0]
+    assert toy[2:4].tolist() == ramp[:2].tolist() and toy[4:6].tolist() == ramp[3:5].tolist()
