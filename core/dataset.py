@@ -38,7 +38,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from eartalk.core.errors import ConfigError, EartalkError, InputError
-from eartalk.core.types import AUDIO_SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS, FaceTrack, Sample
+from eartalk.core.types import AUDIO_SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS, FaceTrack, Sample, to_model_range
 
 log = logging.getLogger(__name__)
 
@@ -401,7 +401,7 @@ def load_clips(root: str | Path) -> tuple[dict[str, Any], list[ClipReader]]:
 
 def _to_unit(frames: np.ndarray) -> torch.Tensor:
     """uint8 ``(..., 3, R, R)`` -> float32 in [-1, 1]."""
-    return torch.from_numpy(np.array(frames, dtype=np.float32)) / 127.5 - 1.0
+    return to_model_range(torch.from_numpy(np.array(frames, dtype=np.float32)))
 
 
 class TalkingHeadDataset(Dataset):

@@ -12,6 +12,16 @@ AUDIO_SAMPLE_RATE = 16_000
 SAMPLES_PER_FRAME = AUDIO_SAMPLE_RATE // VIDEO_FPS  # 640
 
 
+def to_model_range(frames: torch.Tensor) -> torch.Tensor:
+    """Pixels (uint8 or float 0-255) -> float32 in [-1, 1], the range the model works in."""
+    return frames.float() / 127.5 - 1.0
+
+
+def to_uint8(frames: torch.Tensor) -> torch.Tensor:
+    """Frames in [-1, 1] -> uint8 pixels (clamped, rounded)."""
+    return ((frames.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
 @attrs.define
 class FaceTrack:
     """Per-frame output of MediaPipe's FaceLandmarker for one face.

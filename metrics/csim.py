@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from eartalk.core.types import FaceTrack
+from eartalk.core.types import FaceTrack, to_model_range
 from eartalk.metrics.align import ARCFACE_TEMPLATE, five_points, similarity_transform, warp_affine
 from eartalk.metrics.weights import resolve_weights
 
@@ -84,7 +84,7 @@ def align_arcface(image: Tensor, points: np.ndarray) -> Tensor:
     """``(3, H, W)`` uint8 + ``(5, 2)`` pixel points -> ``(3, 112, 112)`` float in [-1, 1]."""
     matrix = similarity_transform(points, ARCFACE_TEMPLATE)
     face = warp_affine(image.float(), matrix, 112)
-    return face / 127.5 - 1.0
+    return to_model_range(face)
 
 
 @torch.no_grad()

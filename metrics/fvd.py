@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from eartalk.core.types import to_model_range
 from eartalk.metrics.frechet import FrechetDistance, frechet_distance
 from eartalk.metrics.weights import load_torchscript, resolve_weights
 
@@ -40,7 +41,7 @@ def video_clips(frames: Tensor, clip_frames: int = CLIP_FRAMES, stride: int | No
         x = frames[s:s + clip_frames].float()  # (16, 3, H, W)
         if x.shape[-2:] != (SIZE, SIZE):
             x = F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
-        clips.append((x / 127.5 - 1.0).permute(1, 0, 2, 3))  # (3, 16, 224, 224)
+        clips.append(to_model_range(x).permute(1, 0, 2, 3))  # (3, 16, 224, 224)
     return torch.stack(clips)
 
 

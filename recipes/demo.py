@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from eartalk.core.config import structure
-from eartalk.core.types import SAMPLES_PER_FRAME, VIDEO_FPS, Sample
+from eartalk.core.types import VIDEO_FPS, to_uint8
 
 DEMO_CONDITIONS = ("audio", "voice_activity", "head_pose", "blink", "gaze", "emotion")
 
@@ -46,12 +46,12 @@ def run_demo(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Run the demo into ``out`` and return a summary (paths, losses, timings)."""
-    from eartalk.core.dataset import load_clips
+    from eartalk.core.dataset import TalkingHeadDataset
     from eartalk.core.media import write_video
     from eartalk.core.presets import PRESETS
     from eartalk.core.synth import synthesize_dataset
     from eartalk.recipes.common import read_metrics
-    from eartalk.recipes.generate import ControlEdit, run_session, to_uint8
+    from eartalk.recipes.generate import ControlEdit, run_session
     from eartalk.recipes.train import TrainConfig, TrainRecipe, load_trained
     from eartalk.recipes.vae import VAEConfig, VAERecipe
 
@@ -94,39 +94,27 @@ def run_demo(
          "trainer": {"max_steps": steps, "val_every_n_steps": max(1, steps // 4), "checkpoint_every_n_steps": max(1, steps // 4)}},
         TrainConfig,
     )
-    TrainRecipe().run(train_cfg)
-    ckpt = out / "model" / "checkpoints" / "last.ckpt"
+    ckpt = TrainRecipe().run(train_cfg)
     timings["model_train_s"] = time.perf_counter() - start
 
     # Stream the held-out identity with its own speech and controls; switch emotion half-way.
+    # The dataset reader gives its exact stored ground truth and computes the audio features
+    # from its speech, as training does.
     model = load_trained(ckpt)
-    _, readers = load_clips(holdout)
-    sample = readers[0].sample()
-    truth = sample.frames[:frames]  # (T, 3, R, R) uint8
-    frames = int(truth.shape[0])
-    reference = sample.frames[0].float() / 127.5 - 1.0
-    # Driving signals: the held-out clip's exact ground truth where synth stored it, the audio
-    # features computed from its speech (as the audio plugins would from any wav).
-    stored = set(readers[0].entry.get("signals", []))
-    signals = {}
-    for name in DEMO_CONDITIONS:
-        if name == "emotion":
-            continue
-        if name in stored:
-            signals[name] = torch.from_numpy(readers[0].signal(name)[:frames].copy())
-        else:
-            signals[name] = model.stack.plugins[name].extract(Sample(audio=sample.audio, num_frames=sample.num_frames))[:frames]
+    clip = TalkingHeadDataset(holdout, clip_frames=frames, stack=model.stack)[0]
+    truth = to_uint8(clip["frames"])  # (T, 3, R, R)
+    reference = clip["frames"][0]  # (3, R, R): the first frame, as a user would give a portrait
+    signals = {name: signal for name, signal in clip["signals"].items() if name != "emotion"}
     half = frames // 2
     edits = [ControlEdit("emotion", "happy", 0, half), ControlEdit("emotion", {"emotion": "sad", "intensity": 3}, half, None)]
     start = time.perf_counter()
     video = run_session(model, reference, frames, edits, signals, progress=True)
     timings["generate_s"] = time.perf_counter() - start
 
-    audio = sample.audio[: frames * SAMPLES_PER_FRAME] if sample.audio is not None else None
-    mp4 = write_video(out / "demo.mp4", video, fps=VIDEO_FPS, audio=audio)
+    mp4 = write_video(out / "demo.mp4", video, fps=VIDEO_FPS, audio=clip["audio"])
     sheet = contact_sheet([truth, video], out / "demo_frames.png")
     with torch.no_grad():
-        recon = model.vae.decode(model.vae.encode(truth.float()[None] / 127.5 - 1.0))[0]
+        recon = model.vae.decode(model.vae.encode(clip["frames"][None]))[0]
     l1_vae = (to_uint8(recon).float() - truth.float()).abs().mean().item() / 255
     l1_gen = (video.float() - truth.float()).abs().mean().item() / 255
 

@@ -21,7 +21,7 @@ import attrs
 import torch
 
 from eartalk.core.errors import InputError
-from eartalk.core.types import SAMPLES_PER_FRAME, VIDEO_FPS
+from eartalk.core.types import SAMPLES_PER_FRAME, VIDEO_FPS, to_model_range, to_uint8
 
 _CONTROL = re.compile(r"^(?P<name>[A-Za-z_][\w-]*)=(?P<value>.*?)(?:@(?P<start>\d*):(?P<stop>\d*))?$")
 
@@ -69,13 +69,7 @@ def load_reference(portrait: str | Path, resolution: int, landmarker: str | None
     """Face crop of a portrait as ``(3, R, R)`` in [-1, 1] (clear error when no face is found)."""
     from eartalk.core.media import read_portrait
 
-    crop = read_portrait(portrait, resolution, landmarker)  # (3, R, R) uint8
-    return crop.float() / 127.5 - 1.0
-
-
-def to_uint8(frames: torch.Tensor) -> torch.Tensor:
-    """``[-1, 1]`` float frames to uint8."""
-    return ((frames.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return to_model_range(read_portrait(portrait, resolution, landmarker))  # (3, R, R)
 
 
 def run_session(
