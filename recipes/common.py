@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from eartalk.core.errors import EartalkError
+from eartalk.core.errors import EartalkError, InputError
 from eartalk.recipes.config import OptimConfig, TrainerConfig
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,20 @@ def check_finite(loss: torch.Tensor, step: int, out_dir: str | Path) -> None:
             f"{Path(out_dir) / 'checkpoints'}; lower optim.lr, raise optim.warmup_steps or use "
             "trainer.precision=32-true, then resume (resume=true picks up last.ckpt)."
         )
+
+
+def read_checkpoint(path: str | Path, what: str, hint: str) -> dict[str, Any]:
+    """Load a checkpoint file on the CPU, with errors naming ``what`` and how to get one."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what}: {path} does not exist; {hint}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
+        raise InputError(f"{what}: cannot read {path} ({type(err).__name__}: {err}); {hint}") from None
+    if not isinstance(ckpt, dict):
+        raise InputError(f"{what}: {path} is not a checkpoint; {hint}")
+    return ckpt
 
 
 def quiet_lightning() -> None:
@@ -181,3 +195,37 @@ def fit(config: Any, make_module: Any, stack_of: Any, final_name: str) -> Path:
     trainer.save_checkpoint(final)
     plot_losses(out)
     return final
+
+
+try:
+    import lightning as L
+except ImportError:  # pragma: no cover - Lightning is a hard dependency
+    L = None  # type: ignore[assignment]
+
+if L is not None:
+
+    class RecipeModule(L.LightningModule):
+        """A LightningModule whose subclasses only say how to compute their loss terms.
+
+        ``losses(batch)`` returns ``{"loss": ..., <other terms>}``; training logs every term as
+        ``train/<name>`` (stopping with a clear error on NaN), validation as ``val/<name>``, and
+        the optimiser follows ``cfg.optim`` over ``cfg.trainer.max_steps``.
+        """
+
+        cfg: Any
+
+        def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+            raise NotImplementedError
+
+        def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+            losses = self.losses(batch)
+            check_finite(losses["loss"], self.global_step, self.cfg.out_dir)
+            self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=True, batch_size=batch["frames"].shape[0])
+            return losses["loss"]
+
+        def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+            losses = self.losses(batch)
+            self.log_dict({f"val/{k}": v for k, v in losses.items()}, prog_bar=True, batch_size=batch["frames"].shape[0])
+
+        def configure_optimizers(self) -> dict[str, Any]:
+            return make_optimizer(self.parameters(), self.cfg.optim, self.cfg.trainer.max_steps)

@@ -17,7 +17,7 @@ from eartalk.conditions.stack import ConditionSpec
 from eartalk.core.config import structure, unstructure
 from eartalk.core.errors import ConfigError, InputError
 from eartalk.recipes.base import Recipe
-from eartalk.recipes.common import check_finite, fit, make_optimizer
+from eartalk.recipes.common import RecipeModule, fit, read_checkpoint
 from eartalk.recipes.config import (
     DataConfig,
     ModelConfig,
@@ -80,8 +80,9 @@ def build_model(arch: Any, specs: list[ConditionSpec], vae_checkpoint: str | Non
 
 if L is not None:
 
-    class EarTalkModule(L.LightningModule):
-        """Lightning wrapper: teacher-forced training of the AR model with the frozen VAE."""
+    class EarTalkModule(RecipeModule):
+        """Lightning wrapper: teacher-forced training of the AR model with the frozen VAE
+        (the model keeps its VAE frozen and in eval mode itself)."""
 
         def __init__(self, config: dict[str, Any]) -> None:
             super().__init__()
@@ -89,34 +90,19 @@ if L is not None:
             self.cfg = structure(config, TrainConfig)
             self.arch = arch_from(self.cfg.model)
             self.model = build_model(self.arch, self.cfg.conditions, self.cfg.model.vae_checkpoint)
-            self.model.vae.requires_grad_(False)
             if self.cfg.init_from:
                 load_weights(self.model, self.cfg.init_from)
             for name, param in self.named_parameters():
                 if any(name.startswith(prefix) for prefix in self.cfg.freeze):
                     param.requires_grad_(False)
 
-        def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-            self.model.vae.eval()
-            losses = self.model.loss(batch)
-            check_finite(losses["loss"], self.global_step, self.cfg.out_dir)
-            self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=True, batch_size=batch["frames"].shape[0])
-            return losses["loss"]
-
-        def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-            losses = self.model.loss(batch)
-            self.log("val/loss", losses["loss"], prog_bar=True, batch_size=batch["frames"].shape[0])
-
-        def configure_optimizers(self) -> dict[str, Any]:
-            return make_optimizer(self.parameters(), self.cfg.optim, self.cfg.trainer.max_steps)
+        def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+            return self.model.loss(batch)
 
 
 def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     """Load model weights from a Lightning or eartalk checkpoint; new/removed parts are reported."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"init_from: checkpoint {path} does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = read_checkpoint(path, "init_from", "give a checkpoint written by `eartalk train`")
     state = ckpt.get("state_dict", ckpt.get("model", ckpt))
     state = {k.removeprefix("model."): v for k, v in state.items()}
     own = model.state_dict()
@@ -131,17 +117,14 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
 
 def load_trained(path: str | Path, map_location: str = "cpu") -> Any:
     """The :class:`EarTalkModel` saved in a ``train`` recipe checkpoint (eval mode)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"checkpoint {path} does not exist; train one with `eartalk train CONFIG`")
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    ckpt = read_checkpoint(path, "checkpoint", "train one with `eartalk train CONFIG`")
     config = ckpt.get("hyper_parameters", {}).get("config")
     if config is None:
         raise InputError(f"{path} is not an eartalk `train` checkpoint (no config in its hyper-parameters)")
     cfg = structure(config, TrainConfig)
     model = build_model(arch_from(cfg.model), cfg.conditions)
     model.load_state_dict({k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()})
-    return model.eval()
+    return model.to(map_location).eval()
 
 
 class TrainRecipe(Recipe):

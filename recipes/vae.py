@@ -15,7 +15,7 @@ from eartalk.core.config import structure, unstructure
 from eartalk.core.errors import InputError
 from eartalk.core.vae import FrameVAE
 from eartalk.recipes.base import Recipe
-from eartalk.recipes.common import check_finite, fit, make_optimizer
+from eartalk.recipes.common import RecipeModule, fit, read_checkpoint
 from eartalk.recipes.config import DataConfig, ModelConfig, OptimConfig, TrainerConfig, arch_from, validate_common
 
 try:
@@ -44,10 +44,7 @@ class VAEConfig:
 
 def load_vae_weights(vae: torch.nn.Module, path: str | Path) -> None:
     """Load a ``vae`` recipe checkpoint (Lightning ``state_dict`` with ``vae.`` prefix) into ``vae``."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"model.vae_checkpoint: {path} does not exist; train one with `eartalk train vae_*.yaml`")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = read_checkpoint(path, "model.vae_checkpoint", "train one with `eartalk train vae_*.yaml`")
     state = ckpt.get("state_dict", ckpt)
     state = {k.removeprefix("vae."): v for k, v in state.items() if k.startswith("vae.") or "state_dict" not in ckpt}
     try:
@@ -58,7 +55,7 @@ def load_vae_weights(vae: torch.nn.Module, path: str | Path) -> None:
 
 if L is not None:
 
-    class FrameVAEModule(L.LightningModule):
+    class FrameVAEModule(RecipeModule):
         """Lightning wrapper of :class:`~eartalk.core.vae.FrameVAE` training."""
 
         def __init__(self, config: dict[str, Any]) -> None:
@@ -67,16 +64,8 @@ if L is not None:
             self.cfg = structure(config, VAEConfig)
             self.vae = FrameVAE.from_arch(arch_from(self.cfg.model))
 
-        def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-            losses = self.vae.loss(batch["frames"])
-            check_finite(losses["loss"], self.global_step, self.cfg.out_dir)
-            self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=True, batch_size=batch["frames"].shape[0])
-            return losses["loss"]
-
-        def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-            losses = self.vae.loss(batch["frames"])
-            self.log("val/loss", losses["loss"], prog_bar=True, batch_size=batch["frames"].shape[0])
-            self.log("val/recon", losses["recon"], batch_size=batch["frames"].shape[0])
+        def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+            return self.vae.loss(batch["frames"])
 
         def on_train_end(self) -> None:
             loader = self.trainer.datamodule.train_dataloader()
@@ -84,8 +73,6 @@ if L is not None:
             self.vae.eval()
             self.vae.fit_latent_stats(clips)
 
-        def configure_optimizers(self) -> dict[str, Any]:
-            return make_optimizer(self.parameters(), self.cfg.optim, self.cfg.trainer.max_steps)
 
 
 class VAERecipe(Recipe):
