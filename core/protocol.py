@@ -182,7 +182,7 @@ class ConditionPlugin(nn.Module):
     def from_video(self, path: Path, num_frames: int | None) -> torch.Tensor:
         """Signal re-extracted from a driving video (face pipeline + :meth:`extract`); a constant
         ``(signal_dim,)`` row is also accepted. ``num_frames=None``: the whole video."""
-        from eartalk.core.media import load_sample  # local: media pulls in PyAV and MediaPipe
+        from eartalk.core.media.io import load_sample  # local: media pulls in PyAV and MediaPipe
 
         sample = load_sample(path, need_face="face" in self.requires, num_frames=num_frames)
         return self.extract(sample)
@@ -191,7 +191,7 @@ class ConditionPlugin(nn.Module):
         """Signal from an audio file (only audio-driven plugins accept this); None: its whole length."""
         if "audio" not in self.requires:
             raise InputError(f"condition {self.name!r} cannot take its values from audio file {path}")
-        from eartalk.core.media import read_audio
+        from eartalk.core.media.io import read_audio
 
         audio = read_audio(path)
         return self.extract(Sample(audio=audio, num_frames=num_frames))

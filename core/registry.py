@@ -24,8 +24,8 @@ from eartalk.core.errors import PluginError, UnknownPluginError, did_you_mean
 #: Modules that provide the built-in plugins, registered exactly like third-party ones.
 BUILTIN_MODULES: tuple[str, ...] = (
     "eartalk.core.commands",
-    "eartalk.core.model_commands",
-    "eartalk.core.data_commands",
+    "eartalk.core.engine.commands",
+    "eartalk.core.data.commands",
     "eartalk.plugins",
     "eartalk.metrics",
     "eartalk.recipes",

@@ -84,7 +84,7 @@ class VideoSet:
         """
         missing = [v for v in self.videos if v.face is None]
         if missing:
-            from eartalk.core.face import FaceAnalyzer
+            from eartalk.core.media.face import FaceAnalyzer
 
             with FaceAnalyzer(self.landmarker, num_faces=1) as analyzer:
                 for video in missing:

@@ -69,7 +69,7 @@ def load_set(name: str, paths: Sequence[str | Path], *, audio: str | Path | None
         max_frames: read at most this many frames per video.
         landmarker: ``face_landmarker.task`` for metrics that need face tracks.
     """
-    from eartalk.core.media import read_audio, read_video
+    from eartalk.core.media.io import read_audio, read_video
 
     videos = []
     for file in collect_videos(paths):

@@ -218,7 +218,7 @@ class _SyncBase(_WeightsMetric):
                     raise InputError(f"{video.source} has no audio track; pass --audio")
                 frames = video.frames
                 if track is not None:
-                    from eartalk.core.face import crop_frames, face_boxes
+                    from eartalk.core.media.face import crop_frames, face_boxes
 
                     frames = crop_frames(frames, face_boxes(track, *frames.shape[-2:]), 224)
                 per_video.append(sync_scores(*syncnet_embeddings(model, frames, video.audio), opts.vshift))

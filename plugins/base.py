@@ -105,7 +105,7 @@ class FacePlugin(ConditionPlugin):
 
     def extract(self, sample: Sample) -> torch.Tensor:
         """Signal from ``sample.face`` (computed from ``sample.frames`` when missing; NaN where no face)."""
-        from eartalk.core.face import ensure_face
+        from eartalk.core.media.face import ensure_face
 
         track = ensure_face(sample, self.options.landmarker)
         out = torch.full((sample.num_frames, self.signal_dim), float("nan"))
@@ -132,7 +132,7 @@ class FacePlugin(ConditionPlugin):
 
 def blendshape_columns(track: FaceTrack, names: Sequence[str]) -> torch.Tensor:
     """``(T, len(names))`` blendshape scores picked by name."""
-    from eartalk.core.face import BLENDSHAPE_NAMES
+    from eartalk.core.media.face import BLENDSHAPE_NAMES
 
     available = list(track.blendshape_names) or list(BLENDSHAPE_NAMES)
     index = [available.index(n) for n in names]

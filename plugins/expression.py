@@ -10,7 +10,7 @@ import attrs
 import torch
 
 from eartalk.core.errors import ConfigError, InputError, did_you_mean
-from eartalk.core.face import BLENDSHAPE_NAMES
+from eartalk.core.media.face import BLENDSHAPE_NAMES
 from eartalk.core.types import FaceTrack
 from eartalk.plugins.base import FaceOptions, FacePlugin, blendshape_columns
 

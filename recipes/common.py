@@ -171,7 +171,7 @@ def fit(config: Any, make_module: Any, stack_of: Any, final_name: str) -> Path:
     import lightning as L
 
     from eartalk.core.config import save_resolved
-    from eartalk.core.dataset import TalkingHeadDataModule
+    from eartalk.core.data.dataset import TalkingHeadDataModule
 
     quiet_lightning()
     L.seed_everything(config.seed, workers=True)

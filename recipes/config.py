@@ -81,8 +81,8 @@ class TrainerConfig:
 def arch_from(model: ModelConfig, source: str = "<config>") -> Any:
     """The ``ModelArch`` of a model config (preset + strictly checked overrides)."""
     from eartalk.core.config import unstructure
+    from eartalk.core.engine.presets import PRESETS, ModelArch
     from eartalk.core.errors import did_you_mean
-    from eartalk.core.presets import PRESETS, ModelArch
 
     if model.preset not in PRESETS:
         raise ConfigError(

@@ -46,10 +46,10 @@ def run_demo(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Run the demo into ``out`` and return a summary (paths, losses, timings)."""
-    from eartalk.core.dataset import TalkingHeadDataset
-    from eartalk.core.media import write_video
-    from eartalk.core.presets import PRESETS
-    from eartalk.core.synth import synthesize_dataset
+    from eartalk.core.data.dataset import TalkingHeadDataset
+    from eartalk.core.data.synth import synthesize_dataset
+    from eartalk.core.engine.presets import PRESETS
+    from eartalk.core.media.io import write_video
     from eartalk.recipes.common import read_metrics
     from eartalk.recipes.generate import ControlEdit, run_session
     from eartalk.recipes.train import TrainConfig, TrainRecipe, load_trained

@@ -67,7 +67,7 @@ def parse_control(text: str) -> ControlEdit:
 
 def load_reference(portrait: str | Path, resolution: int, landmarker: str | None = None) -> torch.Tensor:
     """Face crop of a portrait as ``(3, R, R)`` in [-1, 1] (clear error when no face is found)."""
-    from eartalk.core.media import read_portrait
+    from eartalk.core.media.io import read_portrait
 
     return to_model_range(read_portrait(portrait, resolution, landmarker))  # (3, R, R)
 
@@ -118,7 +118,7 @@ def generate_video(
     Returns:
         The written mp4 path (H.264 with the audio muxed in sync).
     """
-    from eartalk.core.media import read_audio, write_video
+    from eartalk.core.media.io import read_audio, write_video
     from eartalk.recipes.train import load_trained
 
     edits = [parse_control(c) for c in controls]

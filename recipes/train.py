@@ -68,7 +68,7 @@ class TrainConfig:
 
 def build_model(arch: Any, specs: list[ConditionSpec], vae_checkpoint: str | None = None) -> Any:
     """An :class:`EarTalkModel` for ``arch`` and condition ``specs`` (VAE weights from a checkpoint)."""
-    from eartalk.core import model as engine
+    from eartalk.core.engine import model as engine
 
     model = engine.build_model(arch, specs)
     if vae_checkpoint:

@@ -12,8 +12,8 @@ import attrs
 import torch
 
 from eartalk.core.config import structure, unstructure
+from eartalk.core.engine.vae import FrameVAE
 from eartalk.core.errors import InputError
-from eartalk.core.vae import FrameVAE
 from eartalk.recipes.base import Recipe
 from eartalk.recipes.common import RecipeModule, fit, read_checkpoint
 from eartalk.recipes.config import DataConfig, ModelConfig, OptimConfig, TrainerConfig, arch_from, validate_common
@@ -56,7 +56,7 @@ def load_vae_weights(vae: torch.nn.Module, path: str | Path) -> None:
 if L is not None:
 
     class FrameVAEModule(RecipeModule):
-        """Lightning wrapper of :class:`~eartalk.core.vae.FrameVAE` training."""
+        """Lightning wrapper of :class:`~eartalk.core.engine.vae.FrameVAE` training."""
 
         def __init__(self, config: dict[str, Any]) -> None:
             super().__init__()

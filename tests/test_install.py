@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SKIP = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache", "runs", "data")
+_SKIP_ANYWHERE = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache")
+_SKIP_AT_ROOT = {"runs", "data", "outputs"}  # run outputs at the repo root only: core/data is a package
+
+
+def SKIP(folder: str, names: list[str]) -> set[str]:
+    skipped = set(_SKIP_ANYWHERE(folder, names))
+    if Path(folder).resolve() == REPO:
+        skipped |= _SKIP_AT_ROOT & set(names)
+    return skipped
 
 
 def clean_copy(src: Path, dst: Path) -> Path:

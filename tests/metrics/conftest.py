@@ -25,8 +25,8 @@ class TrackCache:
 
     def get(self, stem: str) -> tuple:
         if stem not in self._items:
-            from eartalk.core.face import FaceAnalyzer
-            from eartalk.core.media import read_video
+            from eartalk.core.media.face import FaceAnalyzer
+            from eartalk.core.media.io import read_video
 
             clip = read_video(self.video_dir / f"{stem}.mp4", fps=25)
             if self._analyzer is None:

@@ -15,7 +15,7 @@ FRAMES = 50
 
 
 def _write_small(src, dst, frames: int = FRAMES, size: int = 128):
-    from eartalk.core.media import read_video, write_video
+    from eartalk.core.media.io import read_video, write_video
 
     clip = read_video(src, fps=25, max_frames=frames)
     small = F.interpolate(clip.frames.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)

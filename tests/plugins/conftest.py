@@ -13,7 +13,7 @@ CLIP_FRAMES = 75
 
 
 def _load(real_dir, landmarker_path, name: str):
-    from eartalk.core.media import load_sample
+    from eartalk.core.media.io import load_sample
 
     return load_sample(real_dir / "video" / name, num_frames=CLIP_FRAMES, resolution=128, landmarker=landmarker_path)
 
@@ -33,7 +33,7 @@ def motion_sample(real_dir, landmarker_path):
 @pytest.fixture()
 def speech_16k(real_dir) -> torch.Tensor:
     """8.7 s of German speech at 16 kHz (mono)."""
-    from eartalk.core.media import read_audio
+    from eartalk.core.media.io import read_audio
 
     return read_audio(real_dir / "audio" / "dreamtalk__German1.wav")
 

@@ -38,7 +38,7 @@ class TestPyannoteAudioConformance(ConditionPluginConformance):
 
 
 def test_one_row_per_video_frame(real_dir):
-    from eartalk.core.media import read_video
+    from eartalk.core.media.io import read_video
 
     clip = read_video(real_dir / "video" / "V-Express__RD_Radio10_0_clip_0.mp4", max_frames=30)
     plugin = AudioCondition(16)

@@ -7,7 +7,7 @@ import torch
 
 from eartalk.conditions.conformance import ConditionPluginConformance
 from eartalk.core.errors import WeightsNotFoundError
-from eartalk.core.face import ENV_VAR
+from eartalk.core.media.face import ENV_VAR
 from eartalk.core.types import Sample
 from eartalk.plugins.blink import Blink, BlinkOptions
 

@@ -9,7 +9,7 @@ import torch
 from eartalk.conditions.conformance import ConditionPluginConformance
 from eartalk.conditions.stack import ConditionSpec, build_plugins
 from eartalk.core.errors import ConfigError, InputError
-from eartalk.core.face import BLENDSHAPE_NAMES
+from eartalk.core.media.face import BLENDSHAPE_NAMES
 from eartalk.core.types import Sample
 from eartalk.plugins.expression import Expression, ExpressionOptions
 

@@ -76,7 +76,7 @@ def test_absent_faces_and_values():
 
 def test_values_from_a_driving_video(real_dir, landmarker_path, monkeypatch):
     """A driving video is decoded, face-tracked and re-extracted; past its end the pose is absent."""
-    from eartalk.core.face import ENV_VAR
+    from eartalk.core.media.face import ENV_VAR
 
     monkeypatch.setenv(ENV_VAR, str(landmarker_path))
     path = real_dir / "video" / "V-Express__RD_Radio10_0_clip_0.mp4"  # 51 frames at 25 fps

@@ -21,7 +21,7 @@ CONDITIONS = [{"name": "audio"}, {"name": "head_pose"}, {"name": "blink"}, {"nam
 
 @pytest.fixture(scope="module")
 def synth_data(tmp_path_factory) -> Path:
-    from eartalk.core.synth import synthesize_dataset
+    from eartalk.core.data.synth import synthesize_dataset
 
     return synthesize_dataset(tmp_path_factory.mktemp("synth") / "data", clips=3, seconds=2.0, resolution=64, seed=3)
 
@@ -93,7 +93,7 @@ def test_resume_continues_from_last_checkpoint(synth_data: Path, vae_run: Path, 
 
 
 def test_nan_loss_stops_with_clear_error_and_keeps_checkpoints(synth_data: Path, vae_run: Path, tmp_path: Path, monkeypatch) -> None:
-    from eartalk.core.model import EarTalkModel
+    from eartalk.core.engine.model import EarTalkModel
 
     real_loss = EarTalkModel.loss
     calls = {"n": 0}
@@ -130,7 +130,7 @@ def test_finetune_from_checkpoint_with_frozen_parts(synth_data: Path, vae_run: P
 
 
 def test_generate_cli_writes_controlled_video(model_run: Path, real_dir: Path, landmarker_path: Path, tmp_path: Path, monkeypatch) -> None:
-    from eartalk.core.media import read_video
+    from eartalk.core.media.io import read_video
     from eartalk.recipes.generate import generate_video
 
     monkeypatch.setenv("EARTALK_FACE_LANDMARKER", str(landmarker_path))

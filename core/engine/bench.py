@@ -18,9 +18,9 @@ from typing import Any
 import torch
 
 from eartalk.conditions.stack import ConditionSpec, ConditionStack
+from eartalk.core.engine.model import EarTalkModel
+from eartalk.core.engine.presets import DEFAULT_CONDITIONS, ModelArch, get_arch
 from eartalk.core.errors import ConfigError
-from eartalk.core.model import EarTalkModel
-from eartalk.core.presets import DEFAULT_CONDITIONS, ModelArch, get_arch
 
 
 def default_conditions(registry: Any) -> list[str]:

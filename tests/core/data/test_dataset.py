@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from eartalk.core.dataset import (
+from eartalk.core.data.dataset import (
     DatasetWriter,
     TalkingHeadDataModule,
     TalkingHeadDataset,
@@ -19,7 +19,7 @@ from eartalk.core.dataset import (
     split_clip_ids,
 )
 from eartalk.core.errors import ConfigError, InputError
-from eartalk.core.synth import SIGNAL_COLUMNS, synthesize_dataset
+from eartalk.core.data.synth import SIGNAL_COLUMNS, synthesize_dataset
 from eartalk.core.types import SAMPLES_PER_FRAME
 
 R = 32

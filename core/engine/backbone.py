@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eartalk.core.presets import harmonics
+from eartalk.core.engine.presets import harmonics
 
 
 def block_mask(q_blocks: torch.Tensor, k_blocks: torch.Tensor, window: int) -> torch.Tensor:

@@ -8,9 +8,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from eartalk.conditions import ConditionStack
 from eartalk.conditions.testing import ToyAudio, ToyCondition
+from eartalk.core.engine.model import EarTalkModel, load_checkpoint, patchify, save_checkpoint, unpatchify
+from eartalk.core.engine.presets import get_arch
 from eartalk.core.errors import InputError, WeightsNotFoundError
-from eartalk.core.model import EarTalkModel, load_checkpoint, patchify, save_checkpoint, unpatchify
-from eartalk.core.presets import get_arch
 
 
 def smooth_batch(batch: int = 2, frames: int = 6, seed: int = 0) -> dict:

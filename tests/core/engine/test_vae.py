@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eartalk.core.vae import FrameVAE
+from eartalk.core.engine.vae import FrameVAE
 
 
 @pytest.fixture()

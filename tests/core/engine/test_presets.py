@@ -6,9 +6,9 @@ import pytest
 
 from eartalk.conditions import ConditionStack
 from eartalk.conditions.testing import ToyAudio, ToyCondition
+from eartalk.core.engine.model import build_model
+from eartalk.core.engine.presets import PRESETS, ModelArch, arch_from_dict, arch_to_dict, get_arch
 from eartalk.core.errors import ConfigError
-from eartalk.core.model import build_model
-from eartalk.core.presets import PRESETS, ModelArch, arch_from_dict, arch_to_dict, get_arch
 
 
 def meta_counts(name: str) -> dict[str, int]:

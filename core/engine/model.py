@@ -4,7 +4,7 @@ Training (:meth:`EarTalkModel.loss`): condition dropout (``stack.drop``), frames
 encoded by the frozen VAE to normalised latents, patchified into tokens, all T frame blocks run
 through the backbone in one teacher-forced pass under the SFA mask, and the MAR diffusion loss on
 every frame. Inference (:meth:`EarTalkModel.session`, :meth:`EarTalkModel.generate`): the
-streaming loop of :class:`~eartalk.core.session.StreamingSession`.
+streaming loop of :class:`~eartalk.core.engine.session.StreamingSession`.
 
 Checkpoints (:func:`save_checkpoint` / :func:`load_checkpoint`) store the arch as plain data, the
 weights and a free ``extra`` dict (recipes put the condition specs there).
@@ -21,11 +21,11 @@ import torch
 from torch import nn
 
 from eartalk.conditions.stack import ConditionStack
-from eartalk.core.backbone import Backbone
+from eartalk.core.engine.backbone import Backbone
+from eartalk.core.engine.mar import MARDecoder
+from eartalk.core.engine.presets import ModelArch, SamplingConfig, arch_from_dict, arch_to_dict, sampling_with
+from eartalk.core.engine.vae import FrameVAE
 from eartalk.core.errors import InputError, WeightsNotFoundError
-from eartalk.core.mar import MARDecoder
-from eartalk.core.presets import ModelArch, SamplingConfig, arch_from_dict, arch_to_dict, sampling_with
-from eartalk.core.vae import FrameVAE
 
 CHECKPOINT_FORMAT = "eartalk-model/1"
 
@@ -50,7 +50,7 @@ class EarTalkModel(nn.Module):
     """The whole generator.
 
     Args:
-        arch: sizes (see :class:`~eartalk.core.presets.ModelArch`).
+        arch: sizes (see :class:`~eartalk.core.engine.presets.ModelArch`).
         stack: the condition stack (its slots enter every frame block; a stack whose ``d_model``
             differs from ``arch.width`` is projected by a linear layer).
         freeze_vae: keep the VAE frozen (no gradients, eval mode), as the engine recipe expects;
@@ -176,8 +176,8 @@ class EarTalkModel(nn.Module):
         return sampling_with(self.arch.sampling, **overrides)
 
     def session(self, reference: torch.Tensor, use_cache: bool = True, **sampling: Any):
-        """Open a :class:`~eartalk.core.session.StreamingSession` on a portrait ``(3, R, R)`` or ``(B, 3, R, R)``."""
-        from eartalk.core.session import StreamingSession
+        """Open a :class:`~eartalk.core.engine.session.StreamingSession` on a portrait ``(3, R, R)`` or ``(B, 3, R, R)``."""
+        from eartalk.core.engine.session import StreamingSession
 
         return StreamingSession(self, reference, self.sampling(**sampling), use_cache=use_cache)
 

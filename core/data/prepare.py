@@ -3,7 +3,7 @@
 For every input video: decode and resample to 25 fps, in chunks of at most ``chunk_seconds`` so
 memory stays bounded on long videos; track the face with MediaPipe; crop a smoothed square around
 it at the dataset resolution; cut the 16 kHz audio to the chunk; extract every configured condition
-plugin's signal; write the chunk as one clip (:mod:`eartalk.core.dataset`).
+plugin's signal; write the chunk as one clip (:mod:`eartalk.core.data.dataset`).
 
 Resuming: a clip id is derived from the source path, the resolution and the chunking options, so
 running the same command again skips clips already in the manifest; inputs completed by an
@@ -27,7 +27,7 @@ import attrs
 import numpy as np
 import torch
 
-from eartalk.core.dataset import DatasetWriter, options_key
+from eartalk.core.data.dataset import DatasetWriter, options_key
 from eartalk.core.errors import EartalkError, InputError
 from eartalk.core.protocol import VIDEO_SUFFIXES
 from eartalk.core.types import AUDIO_SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS, Sample
@@ -90,7 +90,7 @@ class VideoChunks:
 
     Frame ``k`` shows the source frame on screen at time ``k / fps`` (the last one whose timestamp
     is at or before it), time 0 being the earliest start of the video and audio streams; the same
-    rule as :func:`eartalk.core.media.read_video`, which decodes a whole file at once.
+    rule as :func:`eartalk.core.media.io.read_video`, which decodes a whole file at once.
 
     Args:
         path: video file.
@@ -191,7 +191,7 @@ class VideoChunks:
 
 def _audio_track(path: Path, origin: float, audio_start: float | None) -> torch.Tensor | None:
     """The file's audio (16 kHz mono) aligned so that sample 0 is at ``origin``; None if no track."""
-    from eartalk.core.media import read_audio
+    from eartalk.core.media.io import read_audio
 
     try:
         audio = read_audio(path, allow_silent=True)
@@ -287,7 +287,7 @@ def prepare_dataset(
         WeightsNotFoundError: no face landmarker model.
         UnknownPluginError: an unknown condition name.
     """
-    from eartalk.core.face import FaceAnalyzer, resolve_landmarker
+    from eartalk.core.media.face import FaceAnalyzer, resolve_landmarker
 
     if resolution < 16:
         raise InputError(f"--resolution must be at least 16 pixels, got {resolution}")
@@ -359,7 +359,7 @@ def _prepare_one(
     on_chunk: Any = None,
 ) -> list[str]:
     """Write the clips of one video; returns the ids of its clips now in the dataset."""
-    from eartalk.core.face import crop_frames, face_boxes, track_in_crop
+    from eartalk.core.media.face import crop_frames, face_boxes, track_in_crop
 
     source = str(path)
     chunks = VideoChunks(path, chunk_frames, max_frames)

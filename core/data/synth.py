@@ -730,7 +730,7 @@ def synthesize_dataset(
     Returns:
         The dataset directory.
     """
-    from eartalk.core.dataset import DatasetWriter
+    from eartalk.core.data.dataset import DatasetWriter
 
     root = Path(out)
     progress_bar = None

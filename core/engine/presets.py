@@ -70,7 +70,7 @@ class SamplingConfig:
 
 @attrs.frozen
 class ModelArch:
-    """Every size and training switch of an :class:`~eartalk.core.model.EarTalkModel`.
+    """Every size and training switch of an :class:`~eartalk.core.engine.model.EarTalkModel`.
 
     Attributes:
         name: preset name (informational).

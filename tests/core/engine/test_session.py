@@ -7,9 +7,9 @@ import gc
 import pytest
 import torch
 
+from eartalk.core.engine.model import EarTalkModel
+from eartalk.core.engine.presets import get_arch
 from eartalk.core.errors import InputError
-from eartalk.core.model import EarTalkModel
-from eartalk.core.presets import get_arch
 
 
 def activate(model: EarTalkModel, seed: int = 0) -> EarTalkModel:

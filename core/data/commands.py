@@ -40,7 +40,7 @@ class PrepareCommand(Command):
         parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
     def run(self, args: argparse.Namespace) -> int:
-        from eartalk.core.prepare import prepare_dataset
+        from eartalk.core.data.prepare import prepare_dataset
 
         conditions = None
         if args.conditions is not None:
@@ -97,9 +97,9 @@ class SynthCommand(Command):
         parser.add_argument("--json", action="store_true", help="print a JSON summary")
 
     def run(self, args: argparse.Namespace) -> int:
-        from eartalk.core.dataset import read_manifest
+        from eartalk.core.data.dataset import read_manifest
         from eartalk.core.errors import InputError
-        from eartalk.core.synth import synthesize_dataset
+        from eartalk.core.data.synth import synthesize_dataset
 
         if args.clips < 1 or args.seconds <= 0 or args.resolution < 16 or args.emotion_segments < 1:
             raise InputError("synth needs --clips >= 1, --seconds > 0, --resolution >= 16 and --emotion-segments >= 1")

@@ -186,7 +186,7 @@ class FrameVAE(nn.Module):
 
     @classmethod
     def from_arch(cls, arch: Any) -> FrameVAE:
-        """The frame VAE described by a :class:`~eartalk.core.presets.ModelArch`."""
+        """The frame VAE described by a :class:`~eartalk.core.engine.presets.ModelArch`."""
         return cls(
             arch.vae_channels,
             arch.latent_channels,

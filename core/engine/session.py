@@ -26,11 +26,11 @@ import attrs
 import torch
 
 from eartalk.conditions.timeline import ControlTimeline
+from eartalk.core.engine.presets import SamplingConfig
 from eartalk.core.errors import InputError
-from eartalk.core.presets import SamplingConfig
 
 if TYPE_CHECKING:
-    from eartalk.core.model import EarTalkModel
+    from eartalk.core.engine.model import EarTalkModel
 
 
 @attrs.define
@@ -52,7 +52,7 @@ class StreamingSession:
     """A streaming generator bound to one reference portrait.
 
     Args:
-        model: the :class:`~eartalk.core.model.EarTalkModel`.
+        model: the :class:`~eartalk.core.engine.model.EarTalkModel`.
         reference: ``(3, R, R)`` or ``(B, 3, R, R)`` portrait in [-1, 1].
         sampling: K, D, CFG, temperature, seed.
         use_cache: False recomputes the sink and the last W blocks every frame instead of using

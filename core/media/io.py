@@ -35,7 +35,7 @@ from eartalk.core.errors import InputError
 from eartalk.core.types import AUDIO_SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS, Sample
 
 if TYPE_CHECKING:
-    from eartalk.core.face import FaceAnalyzer
+    from eartalk.core.media.face import FaceAnalyzer
 
 log = logging.getLogger(__name__)
 
@@ -332,7 +332,7 @@ def read_portrait(
     Raises:
         InputError: unreadable image, or no face in it (the message names the file).
     """
-    from eartalk.core.face import FaceAnalyzer, crop_frames, face_boxes
+    from eartalk.core.media.face import FaceAnalyzer, crop_frames, face_boxes
 
     image = read_image(path)
     if isinstance(landmarker, FaceAnalyzer):
@@ -477,7 +477,7 @@ def load_sample(
         InputError: unreadable video, or no face in any frame when a face is needed.
         WeightsNotFoundError: a face is needed and no landmarker model is found.
     """
-    from eartalk.core.face import FaceAnalyzer, crop_frames, face_boxes, track_in_crop
+    from eartalk.core.media.face import FaceAnalyzer, crop_frames, face_boxes, track_in_crop
 
     clip = read_video(path, max_frames=num_frames)
     frames, face = clip.frames, None

@@ -12,7 +12,7 @@ import soundfile as sf
 import torch
 
 from eartalk.core.errors import InputError
-from eartalk.core.media import load_sample, read_audio, read_image, read_portrait, read_video, write_video
+from eartalk.core.media.io import load_sample, read_audio, read_image, read_portrait, read_video, write_video
 from eartalk.core.types import SAMPLES_PER_FRAME
 
 

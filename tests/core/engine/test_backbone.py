@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eartalk.core.backbone import Backbone, block_mask
+from eartalk.core.engine.backbone import Backbone, block_mask
 
 N, K, C_TOK, GRID = 4, 2, 6, 2
 

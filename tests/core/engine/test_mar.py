@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from eartalk.core.mar import Diffusion, MARDecoder, truncated_normal
-from eartalk.core.presets import cosine_mask_len
+from eartalk.core.engine.mar import Diffusion, MARDecoder, truncated_normal
+from eartalk.core.engine.presets import cosine_mask_len
 
 
 def make_decoder(**kw) -> MARDecoder:

@@ -9,8 +9,8 @@ import pytest
 
 from eartalk.conditions.testing import ToyAudio, ToyCondition
 from eartalk.core import registry as registry_module
-from eartalk.core.bench import default_conditions, model_info
 from eartalk.core.cli import main
+from eartalk.core.engine.bench import default_conditions, model_info
 from eartalk.core.errors import ConfigError
 from eartalk.core.hookspecs import hookimpl
 

@@ -1,7 +1,7 @@
 """CLI subcommands of the engine: ``eartalk model info`` and ``eartalk bench stream``.
 
 Both build the condition stack from the registry by plugin name (default: the built-in stack's
-conditions that are installed, see :func:`eartalk.core.bench.default_conditions`).
+conditions that are installed, see :func:`eartalk.core.engine.bench.default_conditions`).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def _arch_overrides(items: list[str] | None) -> dict[str, Any]:
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    from eartalk.core.presets import PRESETS
+    from eartalk.core.engine.presets import PRESETS
 
     parser.add_argument("--preset", default="small", choices=sorted(PRESETS), help="model preset (default: small)")
     parser.add_argument(
@@ -65,7 +65,7 @@ class ModelCommand(Command):
         _add_common(info)
 
     def run(self, args: argparse.Namespace) -> int:
-        from eartalk.core.bench import model_info
+        from eartalk.core.engine.bench import model_info
 
         info = model_info(args.preset, _names(args.conditions), **_arch_overrides(args.arch))
         if args.json:
@@ -114,7 +114,7 @@ class BenchCommand(Command):
     def run(self, args: argparse.Namespace) -> int:
         import torch
 
-        from eartalk.core.bench import bench_stream
+        from eartalk.core.engine.bench import bench_stream
 
         if args.threads:
             torch.set_num_threads(args.threads)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from eartalk.core.errors import InputError, WeightsNotFoundError
-from eartalk.core.face import (
+from eartalk.core.media.face import (
     BLENDSHAPE_NAMES,
     ENV_VAR,
     crop_frames,
@@ -16,7 +16,7 @@ from eartalk.core.face import (
     resolve_landmarker,
     track_in_crop,
 )
-from eartalk.core.media import read_image
+from eartalk.core.media.io import read_image
 from eartalk.core.types import FaceTrack
 
 # Decoding and MediaPipe are the slow parts: every test of this module shares one pass over the
@@ -33,7 +33,7 @@ CLIP_FRAMES = 75
 
 @pytest.fixture(scope="module")
 def face_analyzer(landmarker_path):
-    from eartalk.core.face import FaceAnalyzer
+    from eartalk.core.media.face import FaceAnalyzer
 
     with FaceAnalyzer(landmarker_path) as analyzer:
         yield analyzer
@@ -42,7 +42,7 @@ def face_analyzer(landmarker_path):
 @pytest.fixture(scope="module")
 def real_tracks(real_dir, face_analyzer):
     """name -> FaceTrack of the first ``CLIP_FRAMES`` frames (frames are not kept: memory)."""
-    from eartalk.core.media import read_video
+    from eartalk.core.media.io import read_video
 
     tracks = {}
     for name in FACE_CLIPS:
@@ -189,8 +189,8 @@ def test_sigprof_ticks_survive_a_handler_save_and_restore(landmarker_path, real_
 
     code = f"""
 import signal, time
-from eartalk.core.face import FaceAnalyzer
-from eartalk.core.media import read_image
+from eartalk.core.media.face import FaceAnalyzer
+from eartalk.core.media.io import read_image
 image = read_image({str(real_dir / "image" / "LivePortrait__s42.jpg")!r})
 with FaceAnalyzer({str(landmarker_path)!r}) as analyzer:
     analyzer.detect(image)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from eartalk.core.synth import (
+from eartalk.core.data.synth import (
     EMOTIONS,
     MOUTH_INNER,
     SCLERA,

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eartalk.core.backbone import MLP, Attention
-from eartalk.core.presets import cosine_mask_len
+from eartalk.core.engine.backbone import MLP, Attention
+from eartalk.core.engine.presets import cosine_mask_len
 
 
 # ---------------------------------------------------------------------------------------------
