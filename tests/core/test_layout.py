@@ -41,7 +41,7 @@ def violations(room_dir: Path, forbidden: tuple[str, ...]) -> list[str]:
     for path in sorted(room_dir.rglob("*.py")):
         for line, name in imported_modules(path):
             if any(name == f or name.startswith(f + ".") for f in forbidden):
-                bad.append(f"{path.relative_to(CORE.parent)}:{line} imports {name}")
+                bad.append(f"{path}:{line} imports {name}")
     return bad
 
 
