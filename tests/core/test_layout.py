@@ -69,7 +69,8 @@ def test_the_checker_sees_a_forbidden_import(tmp_path):
     room.mkdir()
     (room / "x.py").write_text("def f():\n    from eartalk.core.data.dataset import read_manifest\n")
     (room / "y.py").write_text("from eartalk.core import media\n")
-    assert len(violations(room, FORBIDDEN["engine"])) == 2
+    found = violations(room, FORBIDDEN["engine"])
+    assert any("x.py:2" in v for v in found) and any("y.py:1" in v for v in found)
 
 
 def test_old_module_paths_still_import():
