@@ -51,7 +51,32 @@ def make_converter() -> cattrs.Converter:
     conv.register_structure_hook(Path, lambda v, _: Path(_strict_scalar(str)(v, str)))
     conv.register_unstructure_hook(Path, str)
     conv.register_structure_hook(typing.Any, lambda v, _: v)
+    conv.register_structure_hook_func(_is_multi_union, lambda v, tp: _structure_union(conv, v, tp))
     return conv
+
+
+def _is_multi_union(tp: Any) -> bool:
+    """A union of two or more non-None types (``int | str | list[int]``); plain ``X | None`` is cattrs' own."""
+    if typing.get_origin(tp) not in (typing.Union, types.UnionType):
+        return False
+    return len([a for a in typing.get_args(tp) if a is not type(None)]) > 1
+
+
+def _structure_union(conv: cattrs.Converter, value: Any, tp: Any) -> Any:
+    """The first member of the union (in declaration order) that takes ``value`` strictly."""
+    args = typing.get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    names = []
+    for arg in args:
+        if arg is type(None):
+            continue
+        names.append(getattr(arg, "__name__", str(arg)))
+        try:
+            return conv.structure(value, arg)
+        except Exception:  # noqa: BLE001 - try the next member
+            continue
+    raise TypeError(f"expected one of {' | '.join(names)}, got {type(value).__name__} {value!r}")
 
 
 converter = make_converter()

@@ -84,22 +84,20 @@ def build_trainer(trainer_cfg: TrainerConfig, out_dir: str | Path, monitor: str 
         save_top_k=-1 if trainer_cfg.max_steps <= 10 * trainer_cfg.checkpoint_every_n_steps else 3,
         monitor=None,
     )
-    devices: Any = trainer_cfg.devices
-    if isinstance(devices, str) and devices.isdigit():
-        devices = int(devices)
+    from eartalk.recipes.strategy import extra_callbacks, trainer_kwargs
+
     return L.Trainer(
         default_root_dir=str(out),
         max_steps=trainer_cfg.max_steps,
         accelerator=trainer_cfg.accelerator,
-        devices=devices,
-        strategy=trainer_cfg.strategy,
+        **trainer_kwargs(trainer_cfg),  # strategy, devices, num_nodes (recipes/strategy.py)
         precision=trainer_cfg.precision,
         gradient_clip_val=trainer_cfg.gradient_clip_val,
         accumulate_grad_batches=trainer_cfg.accumulate_grad_batches,
         log_every_n_steps=trainer_cfg.log_every_n_steps,
         val_check_interval=trainer_cfg.val_every_n_steps,
         check_val_every_n_epoch=None,
-        callbacks=[checkpoint],
+        callbacks=[checkpoint, *extra_callbacks(trainer_cfg)],
         logger=CSVLogger(str(out), name="logs", version=""),
         enable_progress_bar=trainer_cfg.progress_bar,
         enable_model_summary=False,
@@ -172,6 +170,7 @@ def fit(config: Any, make_module: Any, stack_of: Any, final_name: str) -> Path:
 
     from eartalk.core.config import save_resolved
     from eartalk.core.data.dataset import TalkingHeadDataModule
+    from eartalk.recipes.strategy import add_rank_seed
 
     quiet_lightning()
     L.seed_everything(config.seed, workers=True)
@@ -188,6 +187,7 @@ def fit(config: Any, make_module: Any, stack_of: Any, final_name: str) -> Path:
         seed=config.seed,
     )
     trainer = build_trainer(config.trainer, out)
+    add_rank_seed(trainer, config.seed)  # per-rank random streams (recipes/strategy.py)
     trainer.fit(module, datamodule=data, ckpt_path=resume_path(out, config.resume))
     # The final state is always saved (periodic saves need not land on the last step, and the
     # VAE fits its latent statistics after the last step).

@@ -63,11 +63,19 @@ class TrainerConfig:
 
     Attributes:
         strategy: ``auto``, ``ddp``, ``fsdp``...; precision: ``32-true``, ``bf16-mixed``...
+        devices: devices per node: a count (``2``), a list of indices (``[0, 1]``) or ``"auto"``.
+        num_nodes: machines (multi-node: see docs/training.md, torchrun and SLURM).
+        activation_checkpointing: recompute each transformer block's activations in the backward
+            pass (less memory, about a third more compute).
+        ema_decay: decay of an exponential moving average of the trainable weights (0 = off);
+            stored in the checkpoint under ``ema_state_dict`` and used for sampling by default.
+        attention: ``"dense"`` (one masked SDPA call) or ``"sparse"`` (skips the masked-out
+            blocks of the SFA mask, exact) in the training forward.
     """
 
     max_steps: int = 200
     accelerator: str = "auto"
-    devices: str = "auto"
+    devices: int | str | list[int] = "auto"
     strategy: str = "auto"
     precision: str = "32-true"
     gradient_clip_val: float = 1.0
@@ -76,6 +84,10 @@ class TrainerConfig:
     val_every_n_steps: int = 100
     checkpoint_every_n_steps: int = 100
     progress_bar: bool = True
+    num_nodes: int = 1
+    activation_checkpointing: bool = False
+    ema_decay: float = 0.0
+    attention: str = "dense"
 
 
 def arch_from(model: ModelConfig, source: str = "<config>") -> Any:
