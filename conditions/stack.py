@@ -182,15 +182,43 @@ class ConditionStack(nn.Module):
         return self(signals={}, batch=batch, frames=frames)
 
     def drop(
-        self, present: Mapping[str, torch.Tensor], generator: torch.Generator | None = None
+        self,
+        present: Mapping[str, torch.Tensor],
+        generator: torch.Generator | None = None,
+        null_prob: float = 0.0,
+        keep_prob: float = 0.0,
+        keep: Sequence[str] = (),
     ) -> dict[str, torch.Tensor]:
-        """Training dropout: return new presence masks with whole clips and random spans absent."""
+        """Training dropout: return new presence masks with whole clips and random spans absent.
+
+        First a joint dropout per clip, so that the branches classifier-free guidance runs at
+        inference are trained: with probability ``null_prob`` every plugin is absent (the all-null
+        stack), with probability ``keep_prob`` only the plugins named in ``keep`` stay (e.g. the
+        audio-only stack of ``cfg_keep=("audio",)``). Then each plugin's own :class:`DropoutSpec`
+        (whole clips, one random span).
+
+        Args:
+            present: plugin name -> ``(B, T)`` bool.
+            generator: random generator (default: torch's global one).
+            null_prob: probability of the all-null stack per clip.
+            keep_prob: probability of the ``keep``-only stack per clip.
+            keep: names kept by the ``keep_prob`` branch (names not in the stack are ignored).
+        """
+        if not (0.0 <= null_prob and 0.0 <= keep_prob and null_prob + keep_prob <= 1.0):
+            raise ValueError(f"need 0 <= null_prob, keep_prob and null_prob + keep_prob <= 1, got {null_prob}, {keep_prob}")
+        joint_null = joint_keep = None
+        if present:
+            batch = int(next(iter(present.values())).shape[0])
+            u = torch.rand(batch, generator=generator)  # (B,) one draw per clip decides its joint branch
+            joint_null = u < null_prob
+            joint_keep = (u >= null_prob) & (u < null_prob + keep_prob)
         out = {}
         for span, spec in zip(self.layout, self.dropout, strict=True):
             if span.name not in present:
                 continue
             mask = present[span.name].clone().bool()  # (B, T)
             batch, frames = mask.shape
+            mask[joint_null if span.name in keep else joint_null | joint_keep] = False
             clip = torch.rand(batch, generator=generator) < spec.clip
             mask[clip] = False
             spans = torch.rand(batch, generator=generator) < spec.span

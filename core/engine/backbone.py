@@ -44,20 +44,24 @@ from torch import nn
 from eartalk.core.engine.presets import harmonics
 
 
-def block_mask(q_blocks: torch.Tensor, k_blocks: torch.Tensor, window: int) -> torch.Tensor:
+def block_mask(q_blocks: torch.Tensor, k_blocks: torch.Tensor, window: int, sink: bool = True) -> torch.Tensor:
     """SFA + FCA attention rule as a boolean matrix (True = may attend).
 
     Args:
         q_blocks: ``(Sq,)`` block index of every query token (0 = sink).
         k_blocks: ``(Sk,)`` block index of every key token.
         window: W.
+        sink: frame blocks see the sink (False: the "no attention sink" ablation; the sink's own
+            tokens still see each other).
 
     Returns:
-        ``(Sq, Sk)`` bool: ``s == 0 or t - W < s <= t``.
+        ``(Sq, Sk)`` bool: ``s == 0 or t - W < s <= t`` (without the sink: ``s == t == 0`` or
+        ``0 < s and t - W < s <= t``).
     """
     t = q_blocks[:, None]
     s = k_blocks[None, :]
-    return (s == 0) | ((s > t - window) & (s <= t))
+    sink_ok = (s == 0) & ((t == 0) | sink)
+    return sink_ok | ((s > 0) & (s > t - window) & (s <= t))
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -121,8 +125,10 @@ class KVCache:
         window: int,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
+        sink: bool = True,
     ) -> None:
         self.sink_len, self.block_len, self.window = sink_len, block_len, window
+        self.sink = sink
         size = sink_len + window * block_len
         self.k = torch.zeros(layers, batch, heads, size, head_dim, device=device, dtype=dtype)  # (L, B, H, S, hd)
         self.v = torch.zeros_like(self.k)
@@ -154,6 +160,10 @@ class KVCache:
         if self.region[0] == 0:  # the sink sees only itself
             mask = torch.zeros_like(self.valid)
             mask[: self.sink_len] = True
+            return mask[None, None, None]
+        if not self.sink:  # "no attention sink" ablation: frame blocks never see the sink keys
+            mask = self.valid.clone()
+            mask[: self.sink_len] = False
             return mask[None, None, None]
         return self.valid[None, None, None]
 
@@ -247,6 +257,11 @@ class Backbone(nn.Module):
         period: P (> W) of the cyclic frame positions.
         frame_rope_fraction: share of each head's dims carrying the frame rotary.
         context_noise: max std of the exposure-bias noise on previous-frame latents (training).
+        context_noise_per: ``"clip"`` (one std per clip) or ``"frame"`` (one per frame).
+        context_noise_embed: add ``sigma * noise_embed`` to the visual tokens (the model knows the
+            noise level; sigma is 0 at inference).
+        sink_attention: frame blocks attend to the sink (False: the "no attention sink" ablation).
+        adaln_identity: adaLN modulated by the pooled reference identity (False: a learned constant).
     """
 
     def __init__(
@@ -265,6 +280,10 @@ class Backbone(nn.Module):
         period: int = 8,
         frame_rope_fraction: float = 0.5,
         context_noise: float = 0.0,
+        context_noise_per: str = "clip",
+        context_noise_embed: bool = False,
+        sink_attention: bool = True,
+        adaln_identity: bool = True,
     ) -> None:
         super().__init__()
         if period <= window:
@@ -272,7 +291,10 @@ class Backbone(nn.Module):
         self.token_dim, self.num_tokens, self.grid, self.num_slots = token_dim, num_tokens, grid, num_slots
         self.width, self.heads, self.depth = width, heads, depth
         self.window, self.period = window, period
-        self.context_noise = context_noise
+        if context_noise_per not in ("clip", "frame"):
+            raise ValueError(f"context_noise_per must be 'clip' or 'frame', got {context_noise_per!r}")
+        self.context_noise, self.context_noise_per = context_noise, context_noise_per
+        self.sink_attention, self.adaln_identity = sink_attention, adaln_identity
         self.block_len = num_slots + num_tokens
         # Inputs.
         self.latent_in = nn.Linear(token_dim, width)
@@ -280,10 +302,15 @@ class Backbone(nn.Module):
         self.row_embed = nn.Parameter(torch.randn(grid, width) * 0.02)  # (g, D) 2D positions
         self.col_embed = nn.Parameter(torch.randn(grid, width) * 0.02)  # (g, D)
         self.role_embed = nn.Parameter(torch.randn(3, width) * 0.02)  # sink / slot / visual
-        # adaLN sink: identity vector pooled from the reference latents (per-token MLP, mean, MLP).
-        self.id_in = nn.Linear(token_dim, identity_dim)
-        self.id_pos = nn.Parameter(torch.randn(num_tokens, identity_dim) * 0.02)
-        self.id_out = nn.Sequential(nn.SiLU(), nn.Linear(identity_dim, identity_dim))
+        self.noise_embed = nn.Parameter(torch.zeros(width)) if context_noise_embed else None  # (D,)
+        # adaLN sink: identity vector pooled from the reference latents (per-token MLP, mean, MLP);
+        # the "no adaLN identity" ablation uses a learned constant vector instead.
+        if adaln_identity:
+            self.id_in = nn.Linear(token_dim, identity_dim)
+            self.id_pos = nn.Parameter(torch.randn(num_tokens, identity_dim) * 0.02)
+            self.id_out = nn.Sequential(nn.SiLU(), nn.Linear(identity_dim, identity_dim))
+        else:
+            self.id_const = nn.Parameter(torch.randn(identity_dim) * 0.02)  # (I,)
         # Transformer.
         self.rotary = FrameRotary(width // heads, frame_rope_fraction, period)
         self.blocks = nn.ModuleList(BackboneBlock(width, heads, mlp_ratio, identity_dim) for _ in range(depth))
@@ -299,6 +326,8 @@ class Backbone(nn.Module):
 
     def identity(self, ref_tokens: torch.Tensor) -> torch.Tensor:
         """Identity vector ``(B, identity_dim)`` pooled from reference tokens ``(B, N, c)``."""
+        if not self.adaln_identity:
+            return self.id_const.expand(ref_tokens.shape[0], -1)
         h = F.silu(self.id_in(ref_tokens) + self.id_pos)  # (B, N, I)
         return self.id_out(h.mean(dim=1))
 
@@ -312,24 +341,43 @@ class Backbone(nn.Module):
         """Sink block ``(B, N, D)`` from reference tokens ``(B, N, c)``."""
         return self.latent_in(ref_tokens) + self.pos2d() + self.role_embed[0]
 
-    def embed_blocks(self, cond: torch.Tensor, prev_tokens: torch.Tensor) -> torch.Tensor:
-        """Frame blocks ``(B, T, K + N, D)`` from slots ``(B, T, K, Dc)`` and previous latents ``(B, T, N, c)``."""
+    def embed_blocks(
+        self, cond: torch.Tensor, prev_tokens: torch.Tensor, sigma: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Frame blocks ``(B, T, K + N, D)`` from slots ``(B, T, K, Dc)`` and previous latents ``(B, T, N, c)``.
+
+        ``sigma`` ``(B, T)``: context-noise level of each block (used with ``context_noise_embed``).
+        """
         slots = self.cond_in(cond) + self.role_embed[1]  # (B, T, K, D)
         visual = self.latent_in(prev_tokens) + self.pos2d() + self.role_embed[2]  # (B, T, N, D)
+        if self.noise_embed is not None and sigma is not None:
+            visual = visual + sigma[..., None, None].to(visual.dtype) * self.noise_embed
         return torch.cat([slots, visual], dim=2)
 
-    def noise_context(self, prev_tokens: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Exposure-bias mitigation: per-frame Gaussian noise of std ``U(0, context_noise)``.
+    def noise_context(
+        self, prev_tokens: torch.Tensor, generator: torch.Generator | None = None, clean_first: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exposure-bias mitigation: Gaussian noise of std ``sigma ~ U(0, context_noise)``.
 
-        ``prev_tokens`` is ``(B, T, N, c)``; block 1's input (the reference) is left clean.
+        One sigma per clip (``context_noise_per="clip"``) or per frame (``"frame"``).
+
+        Args:
+            prev_tokens: ``(B, T, N, c)`` context latents of the blocks.
+            clean_first: leave block 1's input clean (it is the reference, as at inference).
+
+        Returns:
+            The noisy tokens and the sigma of every block ``(B, T)``.
         """
-        if self.context_noise <= 0:
-            return prev_tokens
         b, t = prev_tokens.shape[:2]
-        std = torch.rand(b, t, 1, 1, generator=generator).to(prev_tokens.device) * self.context_noise
-        std[:, 0] = 0.0
+        if self.context_noise <= 0:
+            return prev_tokens, torch.zeros(b, t, device=prev_tokens.device)
+        cols = 1 if self.context_noise_per == "clip" else t
+        std = (torch.rand(b, cols, generator=generator) * self.context_noise).expand(b, t).clone()  # (B, T)
+        if clean_first:
+            std[:, 0] = 0.0
+        std = std.to(prev_tokens.device)
         noise = torch.randn(prev_tokens.shape, generator=generator).to(prev_tokens.device)
-        return prev_tokens + std.to(prev_tokens.dtype) * noise.to(prev_tokens.dtype)
+        return prev_tokens + std[..., None, None].to(prev_tokens.dtype) * noise.to(prev_tokens.dtype), std
 
     # -- whole sequence (training, recomputation) -----------------------------------------------
     def forward(
@@ -339,6 +387,8 @@ class Backbone(nn.Module):
         prev_tokens: torch.Tensor,
         start: int = 1,
         return_all: bool = False,
+        noise: bool | None = None,
+        clean_first: bool = True,
     ) -> torch.Tensor:
         """All T frame blocks in one pass under the SFA mask (teacher forcing).
 
@@ -348,16 +398,19 @@ class Backbone(nn.Module):
             prev_tokens: ``(B, T, N, c)`` latent tokens of the frame before each of them.
             start: block index of the first frame block (1 for a clip from its start).
             return_all: return hidden states at every position ``(B, N + T * (K + N), D)``.
+            noise: add context noise (default: in training mode only).
+            clean_first: keep block 1's context clean (it is the reference) when noising.
 
         Returns:
             ``(B, T, N, D)`` contexts z_t (outputs at the visual positions of every block).
         """
         b, t = cond.shape[:2]
-        if self.training:
-            prev_tokens = self.noise_context(prev_tokens)
-        x = torch.cat([self.embed_sink(ref_tokens), self.embed_blocks(cond, prev_tokens).flatten(1, 2)], dim=1)
+        sigma = None
+        if self.training if noise is None else noise:
+            prev_tokens, sigma = self.noise_context(prev_tokens, clean_first=clean_first)
+        x = torch.cat([self.embed_sink(ref_tokens), self.embed_blocks(cond, prev_tokens, sigma).flatten(1, 2)], dim=1)
         blocks = self.token_blocks(t, start, x.device)  # (S,)
-        mask = block_mask(blocks, blocks, self.window)  # (S, S)
+        mask = block_mask(blocks, blocks, self.window, self.sink_attention)  # (S, S)
         cos_sin = self.rotary.tables(blocks)
         mods = self.modulations(self.identity(ref_tokens))
         for i, blk in enumerate(self.blocks):
@@ -378,7 +431,8 @@ class Backbone(nn.Module):
     # -- streaming --------------------------------------------------------------------------------
     def new_cache(self, batch: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> KVCache:
         return KVCache(
-            self.depth, batch, self.heads, self.width // self.heads, self.num_tokens, self.block_len, self.window, device, dtype
+            self.depth, batch, self.heads, self.width // self.heads, self.num_tokens, self.block_len, self.window, device,
+            dtype, sink=self.sink_attention,
         )
 
     @torch.no_grad()

@@ -78,6 +78,10 @@ class EarTalkModel(nn.Module):
             period=arch.period,
             frame_rope_fraction=arch.frame_rope_fraction,
             context_noise=arch.context_noise,
+            context_noise_per=arch.context_noise_per,
+            context_noise_embed=arch.context_noise_embed,
+            sink_attention=arch.sink_attention,
+            adaln_identity=arch.adaln_identity,
         )
         self.decoder = MARDecoder(
             token_dim=arch.token_dim,
@@ -141,7 +145,17 @@ class EarTalkModel(nn.Module):
 
     # -- training --------------------------------------------------------------------------------
     def loss(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """Teacher-forced training loss of a batch (DataModule format).
+        """Training loss of a batch (DataModule format): teacher forcing, or a rollout stage.
+
+        In training mode, per batch (switches of :class:`ModelArch`):
+
+        * condition dropout: joint (all-null stack with ``drop_null_prob``, ``drop_keep``-only
+          stack with ``drop_keep_prob``, per clip) and per plugin (whole clips, random spans);
+        * with ``mid_clip_prob`` the clip's first frame is context only (block 1 sees a real frame,
+          the loss covers frames 1 .. T-1), otherwise block 1 sees the reference, as at inference;
+        * with ``rollout_prob`` the context frames are the model's own samples
+          (:meth:`rollout_tokens`, no gradients), the targets stay the true frames;
+        * context noise on the context latents (``context_noise``, inside the backbone).
 
         Args:
             batch: ``frames`` ``(B, T, 3, R, R)`` in [-1, 1], ``reference`` ``(B, 3, R, R)``,
@@ -154,21 +168,88 @@ class EarTalkModel(nn.Module):
         self.check_frames(frames, "batch['frames']")
         self.check_frames(reference, "batch['reference']")
         b, t = frames.shape[:2]
+        a = self.arch
         signals = {n: s for n, s in (batch.get("signals") or {}).items() if n in self.stack.plugins}
         present = {n: torch.isfinite(s).all(-1) for n, s in signals.items()}  # (B, T) each
         for name, mask in (batch.get("present") or {}).items():
             if name in present:
                 present[name] = present[name] & mask.to(present[name].device).bool()
-        if self.training:  # condition dropout: whole clips and random spans set to null
-            dropped = self.stack.drop({n: m.cpu() for n, m in present.items()})
+        if self.training:  # condition dropout: joint branches, whole clips and random spans set to null
+            dropped = self.stack.drop(
+                {n: m.cpu() for n, m in present.items()},
+                null_prob=a.drop_null_prob, keep_prob=a.drop_keep_prob, keep=a.drop_keep,
+            )
             present = {n: m.to(frames.device) for n, m in dropped.items()}
         tokens = self.encode_tokens(frames)  # (B, T, N, c)
         ref_tokens = self.encode_tokens(reference[:, None])[:, 0]  # (B, N, c)
-        prev = torch.cat([ref_tokens[:, None], tokens[:, :-1]], dim=1)  # (B, T, N, c)
         cond = self.stack(signals, present, batch=b, frames=t)  # (B, T, K, Dc)
-        z = self.backbone(ref_tokens, cond, prev)  # (B, T, N, D)
-        loss = self.decoder.loss(z.flatten(0, 1), tokens.flatten(0, 1))
+        mid = self.training and t > 1 and float(torch.rand(())) < a.mid_clip_prob
+        if mid:  # frame 0 is context only: targets are frames 1 .. T-1
+            first, targets, cond = tokens[:, 0], tokens[:, 1:], cond[:, 1:]
+        else:
+            first, targets = ref_tokens, tokens
+        if self.training and float(torch.rand(())) < a.rollout_prob:
+            context = self.rollout_tokens(ref_tokens, cond, first, targets, a.rollout_mode)  # own samples
+        else:
+            context = targets
+        prev = torch.cat([first[:, None], context[:, :-1]], dim=1)  # (B, T', N, c)
+        z = self.backbone(ref_tokens, cond, prev, clean_first=not mid)  # (B, T', N, D)
+        loss = self.decoder.loss(z.flatten(0, 1), targets.flatten(0, 1))
         return {"loss": loss}
+
+    @torch.no_grad()
+    def rollout_tokens(
+        self,
+        ref_tokens: torch.Tensor,
+        cond: torch.Tensor,
+        first: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        mode: str = "stream",
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """The model's own samples of a clip's frames (the context of the rollout stage).
+
+        Sampled with ``rollout_steps`` MAR steps, ``rollout_denoise_steps`` diffusion steps and
+        guidance ``rollout_cfg`` (against the all-null stack).
+
+        Args:
+            ref_tokens: ``(B, N, c)`` the sink.
+            cond: ``(B, T, K, Dc)`` condition slots of the frames.
+            first: ``(B, N, c)`` context of the first frame (the reference, or a true frame).
+            targets: ``(B, T, N, c)`` true tokens (needed by ``"parallel"``).
+            mode: ``"stream"``: frame by frame through the kv-cache, each frame sampled from the
+                previous samples, exactly as :class:`StreamingSession` does (errors compound);
+                ``"parallel"``: one teacher-forced pass on the true context, every frame sampled
+                from it (one-step errors, one backbone pass).
+            generator: random generator of the sampler.
+
+        Returns:
+            ``(B, T, N, c)`` sampled tokens.
+        """
+        a = self.arch
+        b, t = cond.shape[:2]
+        guided = a.rollout_cfg != 1.0
+        null = self.stack.null_tokens(b, t).to(cond) if guided else None  # (B, T, K, Dc)
+        sample = dict(steps=a.rollout_steps, denoise_steps=a.rollout_denoise_steps, cfg=a.rollout_cfg, generator=generator)
+        if mode == "parallel":
+            if targets is None:
+                raise ValueError("rollout mode 'parallel' needs the true tokens (targets)")
+            prev = torch.cat([first[:, None], targets[:, :-1]], dim=1)
+            z = self.backbone(ref_tokens, cond, prev, noise=False).flatten(0, 1)  # (B*T, N, D)
+            z_null = self.backbone(ref_tokens, null, prev, noise=False).flatten(0, 1) if guided else None
+            return self.decoder.sample(z, z_null, **sample).view(b, t, *first.shape[1:])
+        if mode != "stream":
+            raise ValueError(f"rollout mode must be 'stream' or 'parallel', got {mode!r}")
+        reps = 2 if guided else 1
+        cache, mods = self.backbone.open(ref_tokens.repeat(reps, 1, 1))
+        prev, outs = first, []
+        for i in range(t):
+            slots = torch.cat([cond[:, i], null[:, i]]) if guided else cond[:, i]  # (reps * B, K, Dc)
+            z = self.backbone.step(slots, prev.repeat(reps, 1, 1), i + 1, cache, mods)
+            z_cond, z_null = z.chunk(2) if guided else (z, None)
+            prev = self.decoder.sample(z_cond, z_null, **sample)  # (B, N, c)
+            outs.append(prev)
+        return torch.stack(outs, dim=1)  # (B, T, N, c)
 
     # -- inference -------------------------------------------------------------------------------
     def sampling(self, **overrides: Any) -> SamplingConfig:

@@ -92,7 +92,33 @@ class ModelArch:
         period: P > W, frame positions are cyclic (``t mod P``).
         frame_rope_fraction: share of each head's dims rotated by the cyclic frame position.
         context_noise: exposure-bias mitigation; during training, the previous-frame latents that
-            enter block t get Gaussian noise of std ``U(0, context_noise)`` (per frame).
+            enter the frame blocks get Gaussian noise of std ``sigma ~ U(0, context_noise)``
+            (normalised latents have unit variance, so 0.5 is strong).
+        context_noise_per: ``"clip"`` (one sigma per clip, all its context frames) or ``"frame"``
+            (a sigma per frame).
+        context_noise_embed: tell the backbone the noise level (a learned vector times sigma is
+            added to the visual tokens of each block; sigma is 0 at inference).
+        drop_null_prob: training probability that a whole clip uses the all-null condition stack
+            (the branch CFG runs with an empty ``cfg_keep``).
+        drop_keep_prob: training probability that a whole clip keeps only the ``drop_keep``
+            conditions (the audio-only CFG branch, ``cfg_keep=("audio",)``).
+        drop_keep: conditions kept by the ``drop_keep_prob`` joint dropout (names not in the stack
+            are ignored).
+        rollout_prob: per training batch, probability of a rollout stage: the context frames are
+            the model's own samples (made without gradients, as at inference), the targets stay the
+            ground truth (self-forcing-style exposure-bias training).
+        rollout_mode: ``"stream"`` (frame by frame through the kv-cache and the MAR sampler, the
+            session's path: errors compound as at inference) or ``"parallel"`` (one teacher-forced
+            pass, every frame sampled from the true context: one-step errors only, cheaper).
+        rollout_steps, rollout_denoise_steps, rollout_cfg: MAR steps K, diffusion steps D and
+            guidance scale used to sample the rollout (small = cheap; 1.0 = no null branch).
+        mid_clip_prob: per training batch, probability that the first frame of the clip is context
+            only: block 1 sees a real frame instead of the reference, so training states are not all
+            clip starts.
+        sink_attention: frame blocks attend to the sink (the reference tokens); False is the "no
+            attention sink" ablation (identity then enters only through adaLN and frame 0's context).
+        adaln_identity: adaLN is modulated by the identity pooled from the reference; False replaces
+            it with a learned constant vector (the "no adaLN identity" ablation).
         decoder_width, decoder_heads, decoder_depth: the per-frame MAR transformer.
         head_width, head_depth: the diffusion MLP (adaLN residual blocks).
         diffusion_steps: training timesteps of the diffusion head.
@@ -123,7 +149,21 @@ class ModelArch:
     window: int = 4
     period: int = 8
     frame_rope_fraction: float = 0.5
-    context_noise: float = 0.1
+    context_noise: float = 0.5
+    context_noise_per: str = "clip"
+    context_noise_embed: bool = False
+    sink_attention: bool = True
+    adaln_identity: bool = True
+    # training that matches inference (condition dropout, rollout, clip windows)
+    drop_null_prob: float = 0.1
+    drop_keep_prob: float = 0.1
+    drop_keep: tuple[str, ...] = ("audio",)
+    rollout_prob: float = 0.25
+    rollout_mode: str = "stream"
+    rollout_steps: int = 1
+    rollout_denoise_steps: int = 4
+    rollout_cfg: float = 1.0
+    mid_clip_prob: float = 0.5
     # per-frame MAR decoder + diffusion head
     decoder_width: int = 64
     decoder_heads: int = 4
@@ -165,6 +205,19 @@ class ModelArch:
             problems.append(f"vae_recon must be 'l1', 'l2' or 'l1+l2', got {self.vae_recon!r}")
         if self.vae_temporal_kernel < 1:
             problems.append("vae_temporal_kernel must be >= 1")
+        if self.context_noise < 0:
+            problems.append(f"context_noise must be >= 0, got {self.context_noise}")
+        if self.context_noise_per not in ("clip", "frame"):
+            problems.append(f"context_noise_per must be 'clip' or 'frame', got {self.context_noise_per!r}")
+        for key in ("drop_null_prob", "drop_keep_prob", "rollout_prob", "mid_clip_prob"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                problems.append(f"{key} must be in [0, 1], got {getattr(self, key)}")
+        if self.drop_null_prob + self.drop_keep_prob > 1.0:
+            problems.append("drop_null_prob + drop_keep_prob must be <= 1")
+        if self.rollout_mode not in ("stream", "parallel"):
+            problems.append(f"rollout_mode must be 'stream' or 'parallel', got {self.rollout_mode!r}")
+        if self.rollout_steps < 1 or self.rollout_denoise_steps < 1 or self.rollout_cfg < 0:
+            problems.append("rollout_steps and rollout_denoise_steps must be >= 1 and rollout_cfg >= 0")
         if not 0.0 < self.mask_ratio_min <= 1.0:
             problems.append("mask_ratio_min must be in (0, 1]")
         if problems:
@@ -298,7 +351,7 @@ def arch_with(arch: ModelArch, **overrides: Any) -> ModelArch:
         )
     if isinstance(overrides.get("sampling"), dict):
         overrides["sampling"] = sampling_with(arch.sampling, **overrides["sampling"])
-    for key in ("vae_channels",):
+    for key in ("vae_channels", "drop_keep"):
         if key in overrides:
             overrides[key] = tuple(overrides[key])
     return attrs.evolve(arch, **overrides)

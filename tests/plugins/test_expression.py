@@ -10,8 +10,8 @@ from eartalk.conditions.conformance import ConditionPluginConformance
 from eartalk.conditions.stack import ConditionSpec, build_plugins
 from eartalk.core.errors import ConfigError, InputError
 from eartalk.core.media.face import BLENDSHAPE_NAMES
-from eartalk.core.types import Sample
-from eartalk.plugins.expression import Expression, ExpressionOptions
+from eartalk.core.types import FaceTrack, Sample
+from eartalk.plugins.expression import MOUTH_BLENDSHAPES, Expression, ExpressionOptions
 
 
 class TestExpressionConformance(ConditionPluginConformance):
@@ -29,8 +29,11 @@ class TestExpressionSubsetConformance(TestExpressionConformance):
     options = ExpressionOptions(names=("jawOpen", "mouthSmileLeft", "mouthSmileRight"))
 
 
-def test_all_blendshapes_by_default_and_subset_by_name(blink_sample):
-    full = Expression(16)
+def test_mouth_group_is_off_by_default_and_subset_by_name(blink_sample):
+    default = Expression(16)
+    assert "jawOpen" not in default.columns and not set(default.columns) & set(MOUTH_BLENDSHAPES)
+    assert default.signal_dim == 52 - len(MOUTH_BLENDSHAPES) == 24
+    full = Expression(16, ExpressionOptions(mouth=True))
     assert full.columns == list(BLENDSHAPE_NAMES) and full.signal_dim == 52
     signal = full.extract(blink_sample)
     torch.testing.assert_close(signal, blink_sample.face.blendshapes)
@@ -38,6 +41,21 @@ def test_all_blendshapes_by_default_and_subset_by_name(blink_sample):
     picked = subset.extract(blink_sample)
     assert subset.columns == ["mouthSmileRight", "jawOpen"]
     torch.testing.assert_close(picked[:, 1], signal[:, BLENDSHAPE_NAMES.index("jawOpen")])
+
+
+def test_default_expression_carries_no_mouth_information(blink_sample):
+    """Scrambling the mouth/jaw blendshapes of a track leaves the default signal unchanged (no lip
+    shortcut in training); with ``mouth: true`` the signal follows them."""
+    face = blink_sample.face
+    scrambled = face.blendshapes.clone()
+    cols = [BLENDSHAPE_NAMES.index(n) for n in MOUTH_BLENDSHAPES]
+    scrambled[:, cols] = torch.rand(scrambled.shape[0], len(cols), generator=torch.Generator().manual_seed(0))
+    other = Sample(face=FaceTrack(face.landmarks, scrambled, face.matrices, face.present, list(face.blendshape_names)))
+    default, with_mouth = Expression(16), Expression(16, ExpressionOptions(mouth=True))
+    torch.testing.assert_close(default.extract(other), default.extract(blink_sample))
+    assert not torch.allclose(with_mouth.extract(other), with_mouth.extract(blink_sample))
+    # every blendshape outside the mouth group is still there
+    assert set(default.columns) | set(MOUTH_BLENDSHAPES) == set(BLENDSHAPE_NAMES)
 
 
 def test_jaw_open_follows_the_mouth(blink_sample):

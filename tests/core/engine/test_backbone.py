@@ -168,7 +168,7 @@ def test_context_noise_only_in_training():
     with torch.no_grad():
         bb.eval()
         assert torch.equal(bb(ref, cond, prev), bb(ref, cond, prev))
-        noisy = bb.noise_context(prev)
+        noisy, sigma = bb.noise_context(prev)
         assert torch.equal(noisy[:, 0], prev[:, 0])  # block 1 (the reference) stays clean
         assert not torch.allclose(noisy[:, 1:], prev[:, 1:])
         bb.train()
