@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from eartalk.core.errors import ConfigError
-from eartalk.core.protocol import ConditionPlugin
+from eartalk.core.protocol import Column, ConditionPlugin
 from eartalk.core.types import AUDIO_SAMPLE_RATE, SAMPLES_PER_FRAME, Sample
 from eartalk.plugins.base import FrameMLP, load_pyannote_model, non_negative, positive
 
@@ -131,6 +131,9 @@ class AudioCondition(ConditionPlugin):
     description = "speech audio window around each frame (log-mel or pyannote SincNet)"
     Options = AudioOptions
     requires = frozenset({"audio"})
+    column_docs = (Column("*", "", None, "logmel: f{frame offset}_m{mel frame}_b{band}, natural-log mel power "
+                                        "(floor log 1e-5); pyannote: f{offset}_s{sample}, waveform in [-1, 1]"),)
+    value_examples = {"audio=speech.wav": "generate computes it from --audio; a file here overrides it"}
 
     def __init__(self, d_model: int, options: AudioOptions | None = None) -> None:
         options = options or AudioOptions()

@@ -20,20 +20,13 @@ import torch
 from torch import nn
 
 from eartalk.core.errors import ConfigError, WeightsNotFoundError
-from eartalk.core.protocol import ConditionPlugin
+from eartalk.core.protocol import ConditionPlugin, in_range
 from eartalk.core.types import FaceTrack, Sample
 
-
-def positive(instance: Any, attribute: attrs.Attribute, value: int) -> None:
-    """attrs validator: an integer option must be >= 1."""
-    if value < 1:
-        raise ConfigError(f"option {attribute.name!r} must be >= 1, got {value}")
-
-
-def non_negative(instance: Any, attribute: attrs.Attribute, value: int) -> None:
-    """attrs validator: an integer option must be >= 0."""
-    if value < 0:
-        raise ConfigError(f"option {attribute.name!r} must be >= 0, got {value}")
+#: attrs validator: an integer option must be >= 1 (renders as "an integer >= 1" in help).
+positive = in_range(1, integer=True)
+#: attrs validator: an integer option must be >= 0.
+non_negative = in_range(0, integer=True)
 
 
 class FrameMLP(nn.Module):

@@ -12,6 +12,7 @@ import attrs
 import torch
 
 from eartalk.core.errors import InputError
+from eartalk.core.protocol import Column
 from eartalk.core.types import FaceTrack
 from eartalk.plugins.base import FaceOptions, FacePlugin, blendshape_columns
 
@@ -42,6 +43,13 @@ class Blink(FacePlugin):
     description = "per-eye closure in [0, 1] (MediaPipe eyeBlinkLeft/Right)"
     Options = BlinkOptions
     neutral = (0.0, 0.0)
+    column_docs = (
+        Column("left", "closure", (0, 1), "the subject's left eye (image right); 0 open, 1 closed"),
+        Column("right", "closure", (0, 1), "the subject's right eye (image left); 0 open, 1 closed"),
+    )
+    labels = {"open": "both eyes open (0, 0)", "closed": "both eyes closed (1, 1)",
+              "wink_left": "left eye closed (1, 0)", "wink_right": "right eye closed (0, 1)"}
+    value_examples = {'blink={"left": 1}': "a mapping: the eye left out stays open"}
 
     def __init__(self, d_model: int, options: BlinkOptions | None = None) -> None:
         options = options or BlinkOptions()

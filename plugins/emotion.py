@@ -26,8 +26,8 @@ import attrs
 import torch
 from torch import nn
 
-from eartalk.core.errors import ConfigError, InputError
-from eartalk.core.protocol import ConditionPlugin
+from eartalk.core.errors import InputError
+from eartalk.core.protocol import Column, ConditionPlugin, choice, option
 from eartalk.core.types import Sample
 from eartalk.plugins.base import positive
 
@@ -80,11 +80,8 @@ class EmotionOptions:
     """
 
     slots: int = attrs.field(default=1, validator=positive)
-    default_intensity: int = 2
-
-    def __attrs_post_init__(self) -> None:
-        if self.default_intensity not in LEVELS:
-            raise ConfigError(f"emotion option 'default_intensity' must be 1, 2 or 3, got {self.default_intensity}")
+    default_intensity: int = option(2, validator=choice(*LEVELS),
+                                    help="intensity used when a label gives only the emotion")
 
 
 class Emotion(ConditionPlugin):
@@ -94,6 +91,14 @@ class Emotion(ConditionPlugin):
     description = "one of MEAD's 8 emotions with intensity 1-3"
     Options = EmotionOptions
     requires = frozenset({"metadata"})
+    column_docs = (
+        Column("emotion", "index", (0, 7), "MEAD order: " + ", ".join(f"{i} {e}" for i, e in enumerate(EMOTIONS))),
+        Column("intensity", "level", (1, 3), "1 weak .. 3 strong (neutral is always 1)"),
+    )
+    labels = {e: f"{e} at default_intensity" for e in EMOTIONS}
+    value_examples = {"emotion=sad:3": "an emotion with its intensity (also 'sad 3')",
+                      'emotion={"emotion": "sad", "intensity": 3}': "a mapping; either may be a per-frame list",
+                      "emotion=M003/front/happy/level_2/001.mp4": "a MEAD-style clip path (only the path is read)"}
 
     def __init__(self, d_model: int, options: EmotionOptions | None = None) -> None:
         options = options or EmotionOptions()

@@ -16,7 +16,8 @@ from __future__ import annotations
 import attrs
 import torch
 
-from eartalk.core.errors import ConfigError, InputError
+from eartalk.core.errors import InputError
+from eartalk.core.protocol import Column, choice, option
 from eartalk.core.types import FaceTrack
 from eartalk.plugins.base import FaceOptions, FacePlugin, blendshape_columns
 
@@ -27,11 +28,6 @@ LEFT_EYE = (473, 263, 362, 386, 374)
 RIGHT_EYE = (468, 33, 133, 159, 145)
 LABELS = {"camera": (0.0, 0.0), "center": (0.0, 0.0), "centre": (0.0, 0.0), "left": (-0.7, 0.0),
           "right": (0.7, 0.0), "up": (0.0, 0.7), "down": (0.0, -0.7)}
-
-
-def _source(instance: object, attribute: attrs.Attribute, value: str) -> None:
-    if value not in SOURCES:
-        raise ConfigError(f"gaze option 'source' must be one of {SOURCES}, got {value!r}")
 
 
 @attrs.frozen
@@ -47,7 +43,8 @@ class GazeOptions(FaceOptions):
         iris_gain: scale of the iris offset (in half eye widths) before clipping, for ``"iris"``.
     """
 
-    source: str = attrs.field(default="blendshapes", validator=_source)
+    source: str = option("blendshapes", validator=choice(*SOURCES),
+                         help='"blendshapes" (eyeLook scores) or "iris" (iris landmarks)')
     iris_gain: float = 2.5
 
 
@@ -79,6 +76,15 @@ class Gaze(FacePlugin):
     description = "per-eye 2D gaze in [-1, 1] (x right, y up)"
     Options = GazeOptions
     neutral = (0.0, 0.0, 0.0, 0.0)
+    column_docs = (
+        Column("left_x", "", (-1, 1), "subject's left eye, > 0 toward the image right"),
+        Column("left_y", "", (-1, 1), "subject's left eye, > 0 up"),
+        Column("right_x", "", (-1, 1), "subject's right eye, > 0 toward the image right"),
+        Column("right_y", "", (-1, 1), "subject's right eye, > 0 up"),
+    )
+    labels = {"camera": "both eyes at the camera (0; also: center)", "left": "both eyes toward the image left (x -0.7)",
+              "right": "both eyes toward the image right (x 0.7)", "up": "both eyes up (y 0.7)",
+              "down": "both eyes down (y -0.7)"}
 
     def __init__(self, d_model: int, options: GazeOptions | None = None) -> None:
         options = options or GazeOptions()

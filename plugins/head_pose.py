@@ -19,6 +19,7 @@ import attrs
 import torch
 
 from eartalk.core.errors import InputError
+from eartalk.core.protocol import Column
 from eartalk.core.types import FaceTrack
 from eartalk.plugins.base import FaceOptions, FacePlugin
 
@@ -86,6 +87,17 @@ class HeadPose(FacePlugin):
     name = "head_pose"
     description = "yaw, pitch, roll (degrees) and translation of the head (MediaPipe transform)"
     Options = HeadPoseOptions
+    column_docs = (
+        Column("yaw", "degrees", (-90, 90), "> 0: the subject turns toward the image right"),
+        Column("pitch", "degrees", (-90, 90), "> 0: the subject looks up"),
+        Column("roll", "degrees", (-90, 90), "> 0: the head tilts clockwise in the image"),
+        Column("tx", "~cm", None, "translation, > 0 toward the image right"),
+        Column("ty", "~cm", None, "translation, > 0 up"),
+        Column("tz", "~cm", (None, 0), "distance: negative, larger in magnitude when farther (neutral -30)"),
+    )
+    labels = {"frontal": "zero angles at the neutral translation (also: neutral, center)"}
+    value_examples = {'head_pose={"yaw": [0, 10, 20]}': "a mapping: columns left out take the neutral pose",
+                      "head_pose=20,0,0,0,0,-30": "a constant: yaw 20 degrees, at the neutral translation"}
 
     def __init__(self, d_model: int, options: HeadPoseOptions | None = None) -> None:
         options = options or HeadPoseOptions()

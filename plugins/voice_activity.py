@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from eartalk.core.errors import ConfigError, InputError
-from eartalk.core.protocol import ConditionPlugin
+from eartalk.core.protocol import Column, ConditionPlugin
 from eartalk.core.types import AUDIO_SAMPLE_RATE, SAMPLES_PER_FRAME, Sample
 from eartalk.plugins.base import FrameMLP, load_pyannote_model, non_negative, positive
 
@@ -103,6 +103,8 @@ class VoiceActivity(ConditionPlugin):
     description = "speaking or not per frame (pyannote segmentation checkpoint, else energy)"
     Options = VoiceActivityOptions
     requires = frozenset({"audio"})
+    column_docs = (Column("speaking", "", (0, 1), "1 speaking, 0 silent or listening"),)
+    labels = {"speaking": "1 (also: talking)", "silent": "0 (also: listening, idle)"}
 
     def __init__(self, d_model: int, options: VoiceActivityOptions | None = None) -> None:
         options = options or VoiceActivityOptions()
