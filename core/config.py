@@ -106,6 +106,10 @@ def _describe(exc: BaseException, path: str = "") -> list[str]:
         return lines
     if isinstance(exc, KeyError):
         return [f"missing required key {path!r}" if path else f"missing required key {exc}"]
+    key = getattr(exc, "key", None)  # eartalk.core.protocol.OptionError: a validator naming its option
+    if isinstance(key, str) and key:
+        path = path if path.endswith(key) else (f"{path}.{key}" if path else key)
+        return [f"{path}: {str(exc).removeprefix(f'option {key!r} ')}"]
     return [f"{path or '<root>'}: {exc}"]
 
 
