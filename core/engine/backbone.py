@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eartalk.core.engine.attention import SFALayout
 from eartalk.core.engine.presets import harmonics
 
 
@@ -201,7 +202,10 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.write(layer, k, v)  # (B, H, S_cache, hd)
             mask = cache.key_mask()
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, S, hd)
+        if isinstance(mask, SFALayout):  # block-sparse training path (core/engine/attention.py)
+            out = mask.attend(q, k, v)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, S, hd)
         return self.proj(out.transpose(1, 2).reshape(b, s, d))
 
 
@@ -411,6 +415,8 @@ class Backbone(nn.Module):
         x = torch.cat([self.embed_sink(ref_tokens), self.embed_blocks(cond, prev_tokens, sigma).flatten(1, 2)], dim=1)
         blocks = self.token_blocks(t, start, x.device)  # (S,)
         mask = block_mask(blocks, blocks, self.window, self.sink_attention)  # (S, S)
+        if getattr(self, "attention", "dense") == "sparse":  # exact, skips masked-out blocks
+            mask = SFALayout(self.num_tokens, self.block_len, t, self.window, self.sink_attention)
         cos_sin = self.rotary.tables(blocks)
         mods = self.modulations(self.identity(ref_tokens))
         for i, blk in enumerate(self.blocks):
