@@ -269,7 +269,11 @@ class Column:
         if self.range is None:
             return ""
         low, high = self.range
-        return f"[{'' if low is None else _num(low)}, {'' if high is None else _num(high)}]"
+        if low is not None and high is not None:
+            return f"[{_num(low)}, {_num(high)}]"
+        if low is not None:
+            return f">= {_num(low)}"
+        return "" if high is None else f"<= {_num(high)}"
 
 
 def _num(value: float) -> str:
@@ -558,25 +562,33 @@ def check_tokens(plugin: ConditionPlugin, tokens: Any, batch_frames: tuple[int, 
 
 
 def _value_forms(plugin: ConditionPlugin) -> list[tuple[str, str]]:
-    """(form, meaning) pairs every value of this plugin can take, generic ones included."""
+    """(form, meaning) pairs every value of this plugin can take: its own (labels, examples) first,
+    then the protocol's generic forms, ``off`` last."""
     name, cols = plugin.name, plugin.columns
     shown = cols if len(cols) <= 6 else [*cols[:3], "...", cols[-1]]
     forms: list[tuple[str, str]] = []
+    for label, meaning in plugin.labels.items():
+        forms.append((f"{name}={label}", meaning))
+    for example, meaning in plugin.value_examples.items():
+        forms.append((example if example.startswith(f"{name}=") else f"{name}={example}", meaning))
+    neutral = getattr(plugin, "neutral", None)
     if len(cols) <= 8:
-        forms.append((f"{name}=" + ",".join("v" for _ in cols),
-                      f"a constant row ({', '.join(cols)})"))
-    key = cols[0]
-    forms.append((f"{name}='{{\"{key}\": 0.5}}'", "a JSON mapping of column names (constant, or a list per frame)"
-                  + ("; columns left out take their neutral value" if getattr(plugin, "neutral", None) else "")))
+        if neutral and len(neutral) == len(cols):
+            values = list(neutral)
+        else:
+            docs = {c.name: c for c in type(plugin).column_docs}
+            values = [(docs[c].range[0] if c in docs and docs[c].range and docs[c].range[0] is not None else 0.0)
+                      for c in cols]
+        row = ",".join(_num(v) for v in values)
+        forms.append((f"{name}={row}", f"a constant row ({', '.join(cols)})" + (" (here: the neutral value)" if neutral else "")))
+    if "audio" not in plugin.requires and not any("{" in form for form, _ in forms):
+        forms.append((f"{name}='{{\"{cols[0]}\": 0.5}}'", "a JSON mapping of column names (constant, or a list per frame)"
+                      + ("; columns left out take their neutral value" if neutral else "")))
     forms.append((f"{name}=values.csv|.json|.npy", f"per-frame values, one row per frame (CSV header: {','.join(shown)})"))
     if type(plugin).from_video is not ConditionPlugin.from_video or plugin.requires & {"face", "frames"}:
         forms.append((f"{name}=driving.mp4", "re-extracted from a driving video"))
     if "audio" in plugin.requires:
         forms.append((f"{name}=speech.wav", "computed from an audio file (generate uses --audio by default)"))
-    for label, meaning in plugin.labels.items():
-        forms.append((f"{name}={label}", meaning))
-    for example, meaning in plugin.value_examples.items():
-        forms.append((example if example.startswith(f"{name}=") else f"{name}={example}", meaning))
     forms.append((f"{name}=off", "absent: the learned null token (same as not giving it)"))
     return forms
 
@@ -605,7 +617,7 @@ class PluginDoc:
             extra = ", ".join(x for x in (col.unit, col.range_text()) if x)
             parts.append(f"{col.name} ({extra})" if extra else col.name)
         if len(self.columns) > limit:
-            parts.append(f"... {len(self.columns)} columns")
+            parts.append("...")
         return ", ".join(parts)
 
     def render(self) -> str:

@@ -133,7 +133,6 @@ class AudioCondition(ConditionPlugin):
     requires = frozenset({"audio"})
     column_docs = (Column("*", "", None, "logmel: f{frame offset}_m{mel frame}_b{band}, natural-log mel power "
                                         "(floor log 1e-5); pyannote: f{offset}_s{sample}, waveform in [-1, 1]"),)
-    value_examples = {"audio=speech.wav": "generate computes it from --audio; a file here overrides it"}
 
     def __init__(self, d_model: int, options: AudioOptions | None = None) -> None:
         options = options or AudioOptions()

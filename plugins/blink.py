@@ -49,7 +49,7 @@ class Blink(FacePlugin):
     )
     labels = {"open": "both eyes open (0, 0)", "closed": "both eyes closed (1, 1)",
               "wink_left": "left eye closed (1, 0)", "wink_right": "right eye closed (0, 1)"}
-    value_examples = {'blink={"left": 1}': "a mapping: the eye left out stays open"}
+    value_examples = {"blink='{\"left\": 1}'": "a mapping: the eye left out stays open"}
 
     def __init__(self, d_model: int, options: BlinkOptions | None = None) -> None:
         options = options or BlinkOptions()

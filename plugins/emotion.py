@@ -97,7 +97,7 @@ class Emotion(ConditionPlugin):
     )
     labels = {e: f"{e} at default_intensity" for e in EMOTIONS}
     value_examples = {"emotion=sad:3": "an emotion with its intensity (also 'sad 3')",
-                      'emotion={"emotion": "sad", "intensity": 3}': "a mapping; either may be a per-frame list",
+                      "emotion='{\"emotion\": \"sad\", \"intensity\": 3}'": "a mapping; either may be a per-frame list",
                       "emotion=M003/front/happy/level_2/001.mp4": "a MEAD-style clip path (only the path is read)"}
 
     def __init__(self, d_model: int, options: EmotionOptions | None = None) -> None:

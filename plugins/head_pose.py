@@ -96,7 +96,7 @@ class HeadPose(FacePlugin):
         Column("tz", "~cm", (None, 0), "distance: negative, larger in magnitude when farther (neutral -30)"),
     )
     labels = {"frontal": "zero angles at the neutral translation (also: neutral, center)"}
-    value_examples = {'head_pose={"yaw": [0, 10, 20]}': "a mapping: columns left out take the neutral pose",
+    value_examples = {"head_pose='{\"yaw\": [0, 10, 20]}'": "a mapping: columns left out take the neutral pose",
                       "head_pose=20,0,0,0,0,-30": "a constant: yaw 20 degrees, at the neutral translation"}
 
     def __init__(self, d_model: int, options: HeadPoseOptions | None = None) -> None:

@@ -29,6 +29,9 @@ class GenerateCommand(Command):
     help = "generate a talking-head mp4 from a portrait, speech and optional frame-wise controls"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        from eartalk.core.engine.presets import SamplingConfig
+
+        defaults = SamplingConfig()
         parser.add_argument("--checkpoint", required=True, help="a `train` recipe checkpoint (.ckpt)")
         parser.add_argument("--portrait", required=True, help="image with one face (the identity)")
         parser.add_argument("--audio", help="speech (wav, mp3, m4a, or a video's audio track)")
@@ -36,14 +39,31 @@ class GenerateCommand(Command):
         parser.add_argument("--frames", type=int, help="number of frames (default: the audio's length)")
         parser.add_argument(
             "--control", action="append", default=[], metavar="NAME=VALUE[@START:STOP]",
-            help="a control for a frame range, e.g. emotion=happy@25:100, head_pose=pose.csv, blink=off@0:50",
+            help="a control on a frame range; repeat it for several controls or ranges, e.g. --control "
+                 "emotion=sad:3@25:100 --control head_pose=pose.csv --control blink=off@0:50 (controls are "
+                 "listed below)",
         )
-        parser.add_argument("--steps", type=int, help="MAR unmasking steps K per frame")
-        parser.add_argument("--denoise", type=int, help="diffusion steps D per token")
-        parser.add_argument("--cfg", type=float, help="classifier-free guidance scale")
-        parser.add_argument("--temperature", type=float, help="sampling temperature")
-        parser.add_argument("--seed", type=int, default=0)
-        parser.add_argument("--landmarker", help="MediaPipe face_landmarker.task (or $EARTALK_FACE_LANDMARKER)")
+        parser.add_argument("--steps", type=int,
+                            help=f"MAR unmasking steps K per frame (default: the checkpoint's; {defaults.steps} unless "
+                                 "its preset says otherwise)")
+        parser.add_argument("--denoise", type=int,
+                            help=f"diffusion steps D per token (default: the checkpoint's; {defaults.denoise_steps})")
+        parser.add_argument("--cfg", type=float,
+                            help=f"classifier-free guidance scale, 1 = none (default: the checkpoint's; {defaults.cfg})")
+        parser.add_argument("--temperature", type=float,
+                            help=f"sampling temperature (default: the checkpoint's; {defaults.temperature})")
+        parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+        parser.add_argument("--landmarker", help="MediaPipe face_landmarker.task (default: $EARTALK_FACE_LANDMARKER)")
+        # The controls' help is built from the installed plugins only when --help is shown.
+        format_help = parser.format_help
+
+        def with_controls() -> str:
+            from eartalk.core.commands import conditions_epilog
+
+            parser.epilog = conditions_epilog()
+            return format_help()
+
+        parser.format_help = with_controls  # type: ignore[method-assign]
 
     def run(self, args: argparse.Namespace) -> int:
         from eartalk.recipes.generate import generate_video

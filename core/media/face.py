@@ -10,9 +10,12 @@ Face crops are squares around the landmark bounding box, scaled by ``scale``, sm
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +54,42 @@ def resolve_landmarker(path: str | Path | None = None) -> Path:
     if not candidate.is_file():
         raise WeightsNotFoundError(f"face landmarker model {candidate} ({origin}) does not exist. {how}.")
     return candidate
+
+
+#: Set (to anything but "" or "0") to let MediaPipe/TFLite/absl write their native log lines to
+#: stderr; ``eartalk -v`` sets it.
+VERBOSE_ENV = "EARTALK_VERBOSE"
+
+
+@contextlib.contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """Silence what C++ libraries write to file descriptor 2 (MediaPipe, TFLite, absl/glog) for
+    the duration of the block.
+
+    MediaPipe logs "Logging before InitGoogle()", "Sets FaceBlendshapesGraph acceleration to
+    xnnpack", "Created TensorFlow Lite XNNPACK delegate" and "Feedback manager requires a model
+    with a single signature inference" from C++ when a landmarker is created and first run; no
+    environment variable turns them off, so the descriptor is pointed at /dev/null while MediaPipe
+    calls run. Python's own ``sys.stderr`` is flushed first and works again afterwards. Nothing is
+    hidden when ``$EARTALK_VERBOSE`` is set.
+    """
+    if os.environ.get(VERBOSE_ENV, "") not in ("", "0"):
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no real descriptor 2 (embedded interpreters)
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _rgb_uint8(image: torch.Tensor, what: str) -> np.ndarray:
@@ -114,7 +153,8 @@ class FaceAnalyzer:
             output_face_blendshapes=True,
             output_facial_transformation_matrixes=True,
         )
-        return vision.FaceLandmarker.create_from_options(options)
+        with quiet_native_stderr():
+            return vision.FaceLandmarker.create_from_options(options)
 
     def close(self) -> None:
         """Release the MediaPipe graph (the analyzer can still be used; it is rebuilt on demand)."""
@@ -148,7 +188,8 @@ class FaceAnalyzer:
         try:
             for t in range(frames.shape[0]):
                 image = mp.Image(image_format=mp.ImageFormat.SRGB, data=_rgb_uint8(frames[t], "frame"))
-                result = landmarker.detect_for_video(image, int(round(t * 1000.0 / fps)))
+                with quiet_native_stderr():
+                    result = landmarker.detect_for_video(image, int(round(t * 1000.0 / fps)))
                 several += len(result.face_landmarks) > 1
                 results.append(result)
         finally:
@@ -177,7 +218,8 @@ class FaceAnalyzer:
 
         if self._image_landmarker is None:
             self._image_landmarker = self._create(video=False)
-        result = self._image_landmarker.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=_rgb_uint8(image, what)))
+        with quiet_native_stderr():
+            result = self._image_landmarker.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=_rgb_uint8(image, what)))
         if not result.face_landmarks:
             raise InputError(f"no face found in {what}; give a portrait with one clearly visible face")
         if len(result.face_landmarks) > 1:
