@@ -85,6 +85,13 @@ class FrameRotary(nn.Module):
         self.period = period
         freqs = torch.tensor(harmonics(self.rot_dims // 2, period), dtype=torch.float32) * (2 * math.pi / period)
         self.register_buffer("freqs", freqs, persistent=False)  # (rot_dims / 2,)
+        self._freqs_fp32 = freqs.clone()
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
+        # Keep the frequencies in float32 under ``.to(bfloat16)`` (bf16 angles are off by up to ~0.4 rad).
+        super()._apply(fn, recurse)
+        self.freqs = self._freqs_fp32.to(self.freqs.device)
+        return self
 
     def tables(self, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``cos``/``sin`` tables ``(S, rot_dims / 2)`` for tokens in ``blocks`` ``(S,)``; zero for the sink."""
@@ -99,6 +106,7 @@ class FrameRotary(nn.Module):
             return x
         half = self.rot_dims // 2
         x1, x2, rest = x[..., :half], x[..., half : self.rot_dims], x[..., self.rot_dims :]
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # tables are float32 (see _apply)
         return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest], dim=-1)
 
 

@@ -62,6 +62,13 @@ class Diffusion(nn.Module):
             raise ValueError(f"prediction must be 'v' or 'eps', got {prediction!r}")
         self.steps, self.prediction = steps, prediction
         self.register_buffer("alphas_cumprod", make_alphas_cumprod(steps, schedule), persistent=False)
+        self._alphas_fp32 = self.alphas_cumprod.clone()
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
+        # Keep the schedule in float32 under ``.to(bfloat16)``: in bf16, 1 - alpha_bar rounds to 0 for t < 4.
+        super()._apply(fn, recurse)
+        self.alphas_cumprod = self._alphas_fp32.to(self.alphas_cumprod.device)
+        return self
 
     def _a(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         a = self.alphas_cumprod[t][:, None]  # (M, 1)
@@ -70,14 +77,14 @@ class Diffusion(nn.Module):
     def noisy(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """``x_t`` of clean tokens ``(M, c)`` at timesteps ``(M,)``."""
         sa, sb = self._a(t)
-        return sa * x0 + sb * noise
+        return (sa * x0 + sb * noise).to(x0.dtype)
 
     def target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """What the head predicts: ``v = sqrt(a) eps - sqrt(1 - a) x0`` or ``eps``."""
         if self.prediction == "eps":
             return noise
         sa, sb = self._a(t)
-        return sa * noise - sb * x0
+        return (sa * noise - sb * x0).to(x0.dtype)
 
     def split(self, x: torch.Tensor, out: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x0, eps)`` implied by a model output at noisy ``x`` with ``alpha_bar = a``."""
@@ -110,7 +117,7 @@ class Diffusion(nn.Module):
             temperature: scales the initial noise and the per-step noise.
             eta: 0 = deterministic DDIM, 1 = ancestral.
         """
-        x = torch.randn(shape, generator=generator).to(device) * temperature
+        x = torch.randn(shape, generator=generator, device=_gen_device(generator)).to(device) * temperature
         times = self.respaced(num_steps)
         for i, t in enumerate(times):
             a = self.alphas_cumprod[t]
@@ -120,8 +127,13 @@ class Diffusion(nn.Module):
             sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)).clamp_min(0).sqrt()
             x = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp_min(0).sqrt() * eps
             if eta > 0 and i + 1 < len(times):
-                x = x + sigma * temperature * torch.randn(shape, generator=generator).to(device)
+                x = x + sigma * temperature * torch.randn(shape, generator=generator, device=_gen_device(generator)).to(device)
         return x
+
+
+def _gen_device(generator: torch.Generator | None) -> torch.device | str:
+    """Where random numbers are drawn: the generator's device (a CUDA generator draws on the GPU, no CPU round trip)."""
+    return generator.device if generator is not None else "cpu"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,11 +186,11 @@ class DiffusionHead(nn.Module):
 
     def time_embed(self, t: torch.Tensor) -> torch.Tensor:
         """``(M, W)`` embedding of timesteps ``(M,)``."""
-        return self.time_mlp(timestep_embedding(t, self.time_dim))
+        return self.time_mlp(timestep_embedding(t, self.time_dim).to(self.time_mlp[0].weight.dtype))
 
     def denoise(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """Output for noisy tokens ``(M, c)`` given the summed conditioning ``c`` ``(M or 1, W)``."""
-        h = self.x_in(x)
+        h = self.x_in(x.to(self.x_in.weight.dtype))
         for blk in self.blocks:
             h = blk(h, c)
         shift, scale = self.ada_out(c).chunk(2, dim=-1)
@@ -337,7 +349,7 @@ class MARDecoder(nn.Module):
         guided = z_null is not None and cfg != 1.0
         steps = max(1, min(steps, n))
         tokens = torch.zeros(b, n, self.token_dim, device=device, dtype=z.dtype)
-        order = torch.rand(b, n, generator=generator).argsort(dim=1).to(device)  # (B, N) random order
+        order = torch.rand(b, n, generator=generator, device=_gen_device(generator)).argsort(dim=1).to(device)  # (B, N)
         zz = torch.cat([z, z_null]) if guided else z  # (B or 2B, N, Dz)
         known_count = 0
         for k in range(steps):

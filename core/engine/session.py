@@ -82,7 +82,7 @@ class StreamingSession:
         unknown = set(sampling.cfg_keep) - set(model.stack.names)
         if unknown:
             raise InputError(f"sampling.cfg_keep names conditions not in the stack: {sorted(unknown)}; stack: {model.stack.names}")
-        self.generator = torch.Generator().manual_seed(int(sampling.seed))
+        self.generator = torch.Generator(device=self.device).manual_seed(int(sampling.seed))  # draws on the device
         with torch.no_grad():
             reference = reference.to(self.device, self.dtype)
             self.ref_tokens = model.encode_tokens(reference[:, None])[:, 0]  # (B, N, c)
