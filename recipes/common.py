@@ -1,4 +1,4 @@
-"""Pieces shared by the Lightning recipes: optimiser schedule, trainer, resume, loss plot."""
+"""Pieces shared by the Lightning recipes: optimiser (decay groups, schedule), trainer, resume, loss plot."""
 
 from __future__ import annotations
 
@@ -11,18 +11,58 @@ from typing import Any
 
 import torch
 
-from eartalk.core.errors import EartalkError, InputError
+from eartalk.core.errors import EartalkError
 from eartalk.recipes.config import OptimConfig, TrainerConfig
 
 log = logging.getLogger(__name__)
 
 
-def make_optimizer(params: Any, optim: OptimConfig, max_steps: int) -> dict[str, Any]:
-    """AdamW with linear warm-up and cosine decay to ``min_lr_ratio * lr`` (Lightning's dict form)."""
-    trainable = [p for p in params if p.requires_grad]
-    if not trainable:
+DECAYED_MODULES = (torch.nn.Linear, torch.nn.modules.conv._ConvNd)
+
+
+def decay_groups(module: torch.nn.Module) -> tuple[list[str], list[str]]:
+    """Names of the trainable parameters that get weight decay, and of those that do not.
+
+    Only the weight matrices and kernels of linear and convolution layers are decayed. Biases,
+    norm scales, embeddings (``nn.Embedding``, position/role/type embeddings) and learned tokens
+    (null tokens, the MAR mask token) are not: decay would pull them towards zero, which for a
+    token or an embedding is a meaning, not a regularisation.
+    """
+    decay, no_decay = [], []
+    for module_name, sub in module.named_modules():
+        for leaf, param in sub.named_parameters(recurse=False):
+            if not param.requires_grad:
+                continue
+            name = f"{module_name}.{leaf}" if module_name else leaf
+            (decay if isinstance(sub, DECAYED_MODULES) and leaf == "weight" else no_decay).append(name)
+    return decay, no_decay
+
+
+def make_optimizer(
+    module: torch.nn.Module, optim: OptimConfig, max_steps: int, lr_scale: Any = None
+) -> dict[str, Any]:
+    """AdamW with linear warm-up and cosine decay to ``min_lr_ratio * lr`` (Lightning's dict form).
+
+    Args:
+        module: the LightningModule (its trainable parameters are optimised).
+        optim: learning rate, betas, weight decay (applied as :func:`decay_groups` says) and schedule.
+        max_steps: length of the schedule.
+        lr_scale: parameter name -> factor on the learning rate (fine-tuning: old parts slower).
+    """
+    decay, no_decay = decay_groups(module)
+    if not decay and not no_decay:
         raise EartalkError("nothing to train: every parameter is frozen (check `freeze` in the config)")
-    opt = torch.optim.AdamW(trainable, lr=optim.lr, betas=(optim.beta1, optim.beta2), weight_decay=optim.weight_decay)
+    params = dict(module.named_parameters())
+    scale_of = lr_scale or (lambda name: 1.0)
+    groups: dict[tuple[bool, float], list[torch.nn.Parameter]] = {}
+    for names, decayed in ((decay, True), (no_decay, False)):
+        for name in names:
+            groups.setdefault((decayed, float(scale_of(name))), []).append(params[name])
+    param_groups = [
+        {"params": ps, "weight_decay": optim.weight_decay if decayed else 0.0, "lr": optim.lr * scale}
+        for (decayed, scale), ps in sorted(groups.items(), key=lambda item: (not item[0][0], -item[0][1]))
+    ]
+    opt = torch.optim.AdamW(param_groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), weight_decay=optim.weight_decay)
 
     def factor(step: int) -> float:
         if step < optim.warmup_steps:
@@ -44,20 +84,6 @@ def check_finite(loss: torch.Tensor, step: int, out_dir: str | Path) -> None:
         )
 
 
-def read_checkpoint(path: str | Path, what: str, hint: str) -> dict[str, Any]:
-    """Load a checkpoint file on the CPU, with errors naming ``what`` and how to get one."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{what}: {path} does not exist; {hint}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
-        raise InputError(f"{what}: cannot read {path} ({type(err).__name__}: {err}); {hint}") from None
-    if not isinstance(ckpt, dict):
-        raise InputError(f"{what}: {path} is not a checkpoint; {hint}")
-    return ckpt
-
-
 def quiet_lightning() -> None:
     """Hide Lightning's INFO banner lines (seed, GPU/TPU, tips) and its LeafSpec deprecation warning unless eartalk logs at DEBUG (-v)."""
     if not log.isEnabledFor(logging.DEBUG):
@@ -67,23 +93,32 @@ def quiet_lightning() -> None:
         warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
 
 
-def build_trainer(trainer_cfg: TrainerConfig, out_dir: str | Path, monitor: str = "val/loss") -> Any:
-    """A ``lightning.Trainer`` writing checkpoints (``last.ckpt`` for resuming) and CSV logs under ``out_dir``."""
+def keep_checkpoints(trainer_cfg: TrainerConfig) -> int:
+    """How many step checkpoints a run keeps: all of a short run, the newest 3 of a long one."""
+    return -1 if trainer_cfg.max_steps <= 10 * trainer_cfg.checkpoint_every_n_steps else 3
+
+
+def build_trainer(
+    trainer_cfg: TrainerConfig, out_dir: str | Path, monitor: str = "val/loss", seed: int = 0, resume_step: int | None = None
+) -> Any:
+    """A ``lightning.Trainer`` writing checkpoints (``last.ckpt`` for resuming) and CSV logs under ``out_dir``.
+
+    Checkpoints are atomic and a killed run resumes exactly (see :mod:`eartalk.recipes.resume`).
+
+    Args:
+        trainer_cfg: the config's ``trainer`` section.
+        out_dir: the run folder.
+        monitor: unused (step checkpoints are kept by recency); kept for callers.
+        seed: the run's seed (per-step random streams).
+        resume_step: global step of the checkpoint the run resumes from (its logs are kept up to it).
+    """
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
+
+    from eartalk.recipes.resume import AtomicCheckpointIO, RunCSVLogger, StepCheckpoint, StepSeed
 
     quiet_lightning()
     out = Path(out_dir)
-    checkpoint = ModelCheckpoint(
-        dirpath=out / "checkpoints",
-        filename="step{step:06d}",
-        auto_insert_metric_name=False,
-        save_last=True,
-        every_n_train_steps=trainer_cfg.checkpoint_every_n_steps,
-        save_top_k=-1 if trainer_cfg.max_steps <= 10 * trainer_cfg.checkpoint_every_n_steps else 3,
-        monitor=None,
-    )
+    checkpoint = StepCheckpoint(out / "checkpoints", trainer_cfg.checkpoint_every_n_steps, keep_checkpoints(trainer_cfg))
     from eartalk.recipes.strategy import extra_callbacks, trainer_kwargs
 
     return L.Trainer(
@@ -97,8 +132,11 @@ def build_trainer(trainer_cfg: TrainerConfig, out_dir: str | Path, monitor: str 
         log_every_n_steps=trainer_cfg.log_every_n_steps,
         val_check_interval=trainer_cfg.val_every_n_steps,
         check_val_every_n_epoch=None,
-        callbacks=[checkpoint, *extra_callbacks(trainer_cfg)],
-        logger=CSVLogger(str(out), name="logs", version=""),
+        callbacks=[checkpoint, StepSeed(seed, trainer_cfg.accumulate_grad_batches), *extra_callbacks(trainer_cfg)],
+        logger=RunCSVLogger(out, resume_step),
+        plugins=[AtomicCheckpointIO()],
+        # The training loader shards itself over ranks and keeps its position (ResumableSampler).
+        use_distributed_sampler=False,
         enable_progress_bar=trainer_cfg.progress_bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,
@@ -106,12 +144,11 @@ def build_trainer(trainer_cfg: TrainerConfig, out_dir: str | Path, monitor: str 
 
 
 def resume_path(out_dir: str | Path, resume: bool) -> str | None:
-    """``last.ckpt`` of a previous run in ``out_dir`` when resuming, else None."""
-    last = Path(out_dir) / "checkpoints" / "last.ckpt"
-    if resume and last.is_file():
-        log.info("resuming from %s", last)
-        return str(last)
-    return None
+    """The newest complete checkpoint of a previous run in ``out_dir`` when resuming, else None."""
+    from eartalk.recipes.resume import prepare_resume
+
+    found = prepare_resume(out_dir, resume)
+    return str(found[0]) if found else None
 
 
 def read_metrics(out_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
@@ -156,41 +193,56 @@ def plot_losses(out_dir: str | Path, name: str = "loss.png") -> Path | None:
     return path
 
 
-def fit(config: Any, make_module: Any, stack_of: Any, final_name: str) -> Path:
-    """Run a recipe: seed, save the resolved config, fit (resuming from ``last.ckpt`` if asked),
-    save the final state as ``checkpoints/<final_name>`` and plot the losses.
+def make_datamodule(config: Any, stack: Any, root: str | Path | None = None) -> Any:
+    """The training DataModule of a recipe config (resumable training loader)."""
+    from eartalk.core.data.dataset import TalkingHeadDataModule
+
+    return TalkingHeadDataModule(
+        root if root is not None else config.data.root,
+        clip_frames=config.data.clip_frames,
+        batch_size=config.data.batch_size,
+        stack=stack,
+        val_fraction=config.data.val_fraction,
+        num_workers=config.data.num_workers,
+        seed=config.seed,
+        resumable=True,
+    )
+
+
+def fit(config: Any, make_module: Any, stack_of: Any, final_name: str, on_start: Any = None) -> Path:
+    """Run a recipe: seed, save the resolved config, fit (resuming from the newest complete
+    checkpoint if asked), save the final state as ``checkpoints/<final_name>`` and plot the losses.
 
     Args:
         config: a recipe config with ``seed``, ``out_dir``, ``data``, ``trainer`` and ``resume``.
         make_module: builds the LightningModule (called after seeding).
         stack_of: module -> condition stack the DataModule computes missing signals with (or None).
         final_name: file name of the final checkpoint.
+        on_start: optional ``f(module, datamodule)`` called once both exist, before training.
     """
     import lightning as L
 
     from eartalk.core.config import save_resolved
-    from eartalk.core.data.dataset import TalkingHeadDataModule
+    from eartalk.recipes.resume import prepare_resume
     from eartalk.recipes.strategy import add_rank_seed
 
     quiet_lightning()
-    L.seed_everything(config.seed, workers=True)
+    L.seed_everything(config.seed, workers=True, verbose=False)
     out = Path(config.out_dir)
+    found = prepare_resume(out, config.resume)
     save_resolved(config, out)
     module = make_module()
-    data = TalkingHeadDataModule(
-        config.data.root,
-        clip_frames=config.data.clip_frames,
-        batch_size=config.data.batch_size,
-        stack=stack_of(module),
-        val_fraction=config.data.val_fraction,
-        num_workers=config.data.num_workers,
-        seed=config.seed,
-    )
-    trainer = build_trainer(config.trainer, out)
+    data = make_datamodule(config, stack_of(module))
+    if data.stack is not None:  # loud absence: per-condition presence on training frames (presence.json)
+        from eartalk.conditions.presence import check_presence
+
+        check_presence(data, out)
+    if on_start is not None:
+        on_start(module, data)
+    trainer = build_trainer(config.trainer, out, seed=config.seed, resume_step=found[1] if found else None)
     add_rank_seed(trainer, config.seed)  # per-rank random streams (recipes/strategy.py)
-    trainer.fit(module, datamodule=data, ckpt_path=resume_path(out, config.resume))
-    # The final state is always saved (periodic saves need not land on the last step, and the
-    # VAE fits its latent statistics after the last step).
+    trainer.fit(module, datamodule=data, ckpt_path=str(found[0]) if found else None)
+    # The final state is always saved (periodic saves need not land on the last step).
     final = out / "checkpoints" / final_name
     trainer.save_checkpoint(final)
     plot_losses(out)
@@ -227,5 +279,16 @@ if L is not None:
             losses = self.losses(batch)
             self.log_dict({f"val/{k}": v for k, v in losses.items()}, prog_bar=True, batch_size=batch["frames"].shape[0])
 
+        def lr_scale(self, name: str) -> float:
+            """Factor on the learning rate of parameter ``name`` (1; fine-tuning overrides it)."""
+            return 1.0
+
+        def checkpoint_record(self) -> dict[str, Any]:
+            """The ``eartalk`` record stored in every checkpoint (kind, arch, stack, latent stats)."""
+            raise NotImplementedError
+
+        def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+            checkpoint["eartalk"] = self.checkpoint_record()
+
         def configure_optimizers(self) -> dict[str, Any]:
-            return make_optimizer(self.parameters(), self.cfg.optim, self.cfg.trainer.max_steps)
+            return make_optimizer(self, self.cfg.optim, self.cfg.trainer.max_steps, self.lr_scale)

@@ -1,6 +1,8 @@
-"""``vae`` recipe: train the causal 3D frame VAE (reconstruction + KL), then fit latent statistics.
+"""``vae`` recipe: train the causal 3D frame VAE (reconstruction + KL) and fit its latent statistics.
 
-Its checkpoint is what ``model.vae_checkpoint`` of the ``train`` recipe points at.
+Every checkpoint it writes (periodic ``stepN.ckpt``, ``last.ckpt`` and the final ``vae.ckpt``)
+carries latent statistics fitted on that checkpoint's weights, so an interrupted run's files are
+usable as they are. ``vae.ckpt`` is what ``model.vae_checkpoint`` of the ``train`` recipe points at.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ import attrs
 import torch
 
 from eartalk.core.config import structure, unstructure
+from eartalk.core.data.dataset import mix_seed
+from eartalk.core.engine.checkpoint import make_record
 from eartalk.core.engine.vae import FrameVAE
-from eartalk.core.errors import InputError
 from eartalk.recipes.base import Recipe
-from eartalk.recipes.common import RecipeModule, fit, read_checkpoint
+from eartalk.recipes.common import RecipeModule, fit
 from eartalk.recipes.config import DataConfig, ModelConfig, OptimConfig, TrainerConfig, arch_from, validate_common
 
 try:
@@ -29,7 +32,8 @@ class VAEConfig:
     """Config of the ``vae`` recipe (see :class:`eartalk.recipes.train.TrainConfig` for the shared parts).
 
     Attributes:
-        stats_batches: batches used to fit the latent mean/std after training.
+        out_dir, seed, model, data, optim, trainer, resume: as in the ``train`` recipe.
+        stats_batches: batches of training windows the latent mean/std are fitted on at every save.
     """
 
     out_dir: str = "runs/vae"
@@ -43,14 +47,10 @@ class VAEConfig:
 
 
 def load_vae_weights(vae: torch.nn.Module, path: str | Path) -> None:
-    """Load a ``vae`` recipe checkpoint (Lightning ``state_dict`` with ``vae.`` prefix) into ``vae``."""
-    ckpt = read_checkpoint(path, "model.vae_checkpoint", "train one with `eartalk train vae_*.yaml`")
-    state = ckpt.get("state_dict", ckpt)
-    state = {k.removeprefix("vae."): v for k, v in state.items() if k.startswith("vae.") or "state_dict" not in ckpt}
-    try:
-        vae.load_state_dict(state)
-    except RuntimeError as err:
-        raise InputError(f"model.vae_checkpoint: {path} does not match this model's VAE (other preset?): {err}") from None
+    """Load a ``vae`` recipe checkpoint (weights and latent statistics) into ``vae``."""
+    from eartalk.core.engine.checkpoint import load_vae_weights as load
+
+    load(vae, path)
 
 
 if L is not None:
@@ -67,12 +67,30 @@ if L is not None:
         def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
             return self.vae.loss(batch["frames"])
 
-        def on_train_end(self) -> None:
-            loader = self.trainer.datamodule.train_dataloader()
-            clips = (b["frames"].to(self.device) for i, b in zip(range(self.cfg.stats_batches), loader, strict=False))
+        def fit_stats(self) -> None:
+            """Fit the latent mean/std on ``stats_batches`` fixed training windows (deterministic:
+            the same windows at every save, drawn without touching the training RNG or loader)."""
+            data = self.trainer.datamodule
+            data.setup("fit")
+            dataset, batch = data.train_set, data.batch_size
+            count = min(len(dataset), self.cfg.stats_batches * batch)
+            items = [dataset[(i % len(dataset), mix_seed(self.cfg.seed, 2, i))] for i in range(count)]
+            clips = (torch.stack([it["frames"] for it in items[i : i + batch]]).to(self.device) for i in range(0, count, batch))
+            was_training = self.vae.training
             self.vae.eval()
-            self.vae.fit_latent_stats(clips)
+            with torch.no_grad():
+                self.vae.fit_latent_stats(clips)
+            self.vae.train(was_training)
 
+        def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+            # Every checkpoint (periodic, last, final) carries statistics fitted on its own weights.
+            self.fit_stats()
+            for name in ("latent_mean", "latent_std"):
+                checkpoint["state_dict"][f"vae.{name}"] = getattr(self.vae, name).detach().clone()
+            super().on_save_checkpoint(checkpoint)
+
+        def checkpoint_record(self) -> dict[str, Any]:
+            return make_record("vae", arch_from(self.cfg.model), self.vae)
 
 
 class VAERecipe(Recipe):

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from eartalk.core.errors import ConfigError, EartalkError, InputError
+from eartalk.core.errors import ConfigError, EartalkError, InputError, WeightsNotFoundError
 from eartalk.core.types import AUDIO_SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS, FaceTrack, Sample, to_model_range
 
 log = logging.getLogger(__name__)
@@ -471,6 +471,8 @@ class TalkingHeadDataset(Dataset):
             for k in range(reader.num_frames // self.clip_frames)
         ]
         self._cache: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+        #: plugin name -> why its signal is absent on every clip (a required input that cannot be had)
+        self.absent_reasons: dict[str, str] = {}
         self._cache_size = max(1, int(cache_clips))
 
     @property
@@ -516,9 +518,11 @@ class TalkingHeadDataset(Dataset):
         missing = [n for n in names if n not in cached]
         if missing:
             sample = reader.sample()
-            available = {"frames": True, "audio": True, "face": sample.face is not None, "metadata": True}
             for name in missing:
                 plugin = self.stack.plugin(name)
+                if "face" in plugin.requires and sample.face is None:
+                    self._compute_face(reader, sample, name, plugin)
+                available = {"frames": True, "audio": True, "face": sample.face is not None, "metadata": True}
                 if not all(available.get(field, True) for field in plugin.requires):
                     cached[name] = torch.full((reader.num_frames, plugin.signal_dim), float("nan"))
                     continue
@@ -540,6 +544,24 @@ class TalkingHeadDataset(Dataset):
             self._cache.popitem(last=False)
         return cached
 
+    def _compute_face(self, reader: ClipReader, sample: Sample, name: str, plugin: Any) -> None:
+        """Run the face pipeline on a clip without a stored face track, for a plugin that requires
+        one (as docs/plugins.md promises); when it cannot run, record why in :attr:`absent_reasons`.
+        The track is kept in ``sample.face``, so the clip's other face plugins reuse it."""
+        from eartalk.core.media.face import ensure_face  # local: MediaPipe loads only when needed
+
+        if sample.frames is None:
+            self.absent_reasons.setdefault(name, "requires face, and these clips have neither a face track nor frames")
+            return
+        try:
+            ensure_face(sample, getattr(plugin.options, "landmarker", None))
+        except WeightsNotFoundError as err:
+            reason = (f"requires face, and these clips have no face track ({self.root} was made without one, e.g. by "
+                      f"`eartalk synth`); the dataset cannot compute it: {err}")
+            if name not in self.absent_reasons:
+                log.warning("condition %r: %s", name, reason)
+            self.absent_reasons[name] = reason
+
     def _signals(self, reader: ClipReader, start: int, stop: int) -> dict[str, torch.Tensor]:
         if self.stack is None:
             return {n: torch.from_numpy(np.array(reader.signal(n)[start:stop], np.float32)) for n in reader.entry.get("signals", [])}
@@ -558,10 +580,15 @@ class TalkingHeadDataset(Dataset):
         return {name: out[name] for name in self.stack.names}
 
     # -- items --------------------------------------------------------------------------------
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
+        # (index, item_seed) from a ResumableSampler: the random window and reference come from
+        # item_seed, so an item is the same whichever process, worker or resumed run draws it.
+        item_seed = None
+        if isinstance(index, tuple):
+            index, item_seed = index
         clip_index, start = self.items[index]
         reader = self.clips[clip_index]
-        rng = self._rng(index)
+        rng = np.random.default_rng(item_seed) if item_seed is not None and self.random_windows else self._rng(index)
         if self.random_windows:
             start = int(rng.integers(0, reader.num_frames - self.clip_frames + 1))
         stop = start + self.clip_frames
@@ -625,6 +652,110 @@ def split_clip_ids(ids: Sequence[str], val_fraction: float, seed: int = 0) -> tu
     return train, val
 
 
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed derived from integers (``numpy.random.SeedSequence``): same parts, same seed."""
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFFFFFFFFFF for p in parts]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def _rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class ResumableSampler(torch.utils.data.Sampler):
+    """Epoch-seeded shuffling that can start mid-epoch; yields ``(index, item_seed)`` pairs.
+
+    Epoch ``e`` visits ``randperm(size, seed=mix(seed, e))`` (sharded ``[rank::world]`` under
+    ``torch.distributed``, padded so every rank gets the same count), and each item carries a seed
+    ``mix(seed, e, position)`` for its random choices. Both depend only on (seed, epoch, position),
+    never on what ran before, so skipping the first ``skip`` items of an epoch reproduces the rest
+    of it exactly. :class:`ResumableLoader` keeps the position and hands it to Lightning.
+
+    Args:
+        size: dataset length.
+        seed: base seed.
+        shuffle: permute (training) or keep the order.
+    """
+
+    def __init__(self, size: int, seed: int = 0, shuffle: bool = True) -> None:
+        self.size, self.seed, self.shuffle = int(size), int(seed), bool(shuffle)
+        self.epoch = 0
+        self.skip = 0  # items of ``epoch`` already consumed (the next iteration starts after them)
+
+    def __len__(self) -> int:
+        _, world = _rank_world()
+        return -(-self.size // world)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at each epoch start; a new epoch starts from its first item."""
+        if int(epoch) != self.epoch:
+            self.epoch, self.skip = int(epoch), 0
+
+    def order(self, epoch: int) -> list[int]:
+        """This rank's dataset indices for ``epoch``."""
+        rank, world = _rank_world()
+        if self.shuffle:
+            perm = torch.randperm(self.size, generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch))).tolist()
+        else:
+            perm = list(range(self.size))
+        per_rank = -(-self.size // world)
+        perm = (perm * (1 + (per_rank * world) // max(1, self.size)))[: per_rank * world]
+        return perm[rank::world]
+
+    def __iter__(self):
+        epoch, skip = self.epoch, self.skip
+        self.skip = 0
+        rank, world = _rank_world()
+        for pos, index in enumerate(self.order(epoch)):
+            if pos >= skip:
+                yield index, mix_seed(self.seed, epoch, pos * world + rank)
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader over a :class:`ResumableSampler` with Lightning's ``state_dict`` interface.
+
+    Lightning stores ``state_dict()`` in every checkpoint (``loops.fit_loop.state_dict.combined_loader``)
+    and calls ``load_state_dict`` on resume before it draws the first batch, so a resumed run
+    continues the interrupted epoch at the next unseen item instead of replaying its start. The
+    state counts batches the training loop has taken (Lightning does not prefetch from a loader of
+    known length; worker prefetching happens behind this count).
+    """
+
+    def __init__(self, dataset: Dataset, sampler: ResumableSampler, batch_size: int, **kwargs: Any) -> None:
+        super().__init__(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
+        self._epoch, self._taken = sampler.epoch, sampler.skip
+
+    def __iter__(self):
+        return self._tracked()
+
+    def _tracked(self):
+        sampler: ResumableSampler = self.sampler  # type: ignore[assignment]
+        self._epoch, self._taken = sampler.epoch, sampler.skip  # read at the first fetch, after set_epoch
+        for batch in DataLoader.__iter__(self):
+            self._taken = min(len(sampler), self._taken + int(self.batch_size))
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        sampler: ResumableSampler = self.sampler  # type: ignore[assignment]
+        return {"epoch": self._epoch, "items": self._taken, "seed": sampler.seed, "size": sampler.size}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        sampler: ResumableSampler = self.sampler  # type: ignore[assignment]
+        if state.get("seed") != sampler.seed or state.get("size") != sampler.size:
+            warnings.warn(
+                f"resuming with another dataset or seed (checkpoint: {state.get('size')} items, seed {state.get('seed')}; "
+                f"now: {sampler.size} items, seed {sampler.seed}): the data order restarts, so the run is not an exact continuation",
+                stacklevel=2,
+            )
+            return
+        epoch, items = int(state["epoch"]), int(state["items"])
+        if items >= len(sampler):
+            epoch, items = epoch + 1, 0
+        sampler.epoch, sampler.skip = epoch, items
+        self._epoch, self._taken = epoch, items
+
+
 try:  # Lightning is a dependency; the import is guarded only to keep this module importable alone
     import lightning as L
 
@@ -649,6 +780,8 @@ class TalkingHeadDataModule(_DataModuleBase):
         seed: split and fixed-choice seed.
         reference_gap: minimum distance between the reference frame and the window.
         extras: stored extra arrays to return (e.g. ``("mouth",)`` for synthetic data).
+        resumable: training batches from a :class:`ResumableLoader` (exact resume mid-epoch; the
+            training recipes use it).
 
     Batches: ``frames`` (B, T, 3, R, R), ``reference`` (B, 3, R, R), ``audio`` (B, T * 640),
     ``signals`` {name: (B, T, D)}, ``present`` {name: (B, T)}, ``meta`` list of dicts.
@@ -666,8 +799,10 @@ class TalkingHeadDataModule(_DataModuleBase):
         *,
         reference_gap: int = 8,
         extras: Sequence[str] = (),
+        resumable: bool = False,
     ) -> None:
         super().__init__()
+        self.resumable = bool(resumable)
         self.root = Path(root)
         self.clip_frames = int(clip_frames)
         self.batch_size = int(batch_size)
@@ -697,6 +832,16 @@ class TalkingHeadDataModule(_DataModuleBase):
 
     def _loader(self, dataset: TalkingHeadDataset, shuffle: bool) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed)
+        if shuffle and self.resumable:
+            return ResumableLoader(
+                dataset,
+                ResumableSampler(len(dataset), seed=self.seed, shuffle=True),
+                batch_size=self.batch_size,
+                num_workers=self.num_workers,
+                collate_fn=collate_clips,
+                generator=generator,
+                persistent_workers=self.num_workers > 0,
+            )
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -721,6 +866,8 @@ class TalkingHeadDataModule(_DataModuleBase):
 __all__ = [
     "ClipReader",
     "DatasetWriter",
+    "ResumableLoader",
+    "ResumableSampler",
     "TalkingHeadDataModule",
     "TalkingHeadDataset",
     "collate_clips",
