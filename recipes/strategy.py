@@ -122,6 +122,30 @@ if L is not None:
             apply_checkpointing(pl_module)
 
 
+    class SparseAttention(L.Callback):
+        """Switch every backbone of the module to the exact block-sparse training attention (``trainer.attention``)."""
+
+        def __init__(self, mode: str) -> None:
+            self.mode = mode
+
+        def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+            set_attention(pl_module, self.mode)
+
+
+def set_attention(module: Any, mode: str) -> int:
+    """Set ``attention`` (``"dense"`` or ``"sparse"``) on every backbone inside ``module``; returns how many."""
+    from eartalk.core.engine.backbone import Backbone
+
+    if mode not in ("dense", "sparse"):
+        raise ConfigError(f"trainer.attention must be 'dense' or 'sparse', got {mode!r}")
+    count = 0
+    for m in module.modules():
+        if isinstance(m, Backbone):
+            m.attention = mode
+            count += 1
+    return count
+
+
 def rank_seed(seed: int, rank: int) -> int:
     """Seed torch, numpy and Python with ``seed + rank`` (returns the seed used)."""
     import lightning as L
@@ -148,10 +172,15 @@ def apply_checkpointing(module: Any) -> int:
 
 
 def extra_callbacks(trainer_cfg: Any) -> list[Any]:
-    """Callbacks the trainer config asks for: activation checkpointing (non-FSDP) and EMA."""
+    """Callbacks the trainer config asks for: activation checkpointing (non-FSDP), sparse attention and EMA."""
     callbacks: list[Any] = []
     if getattr(trainer_cfg, "activation_checkpointing", False) and str(trainer_cfg.strategy) != "fsdp":
         callbacks.append(ActivationCheckpointing())
+    attention = str(getattr(trainer_cfg, "attention", "dense"))
+    if attention not in ("dense", "sparse"):
+        raise ConfigError(f"trainer.attention must be 'dense' or 'sparse', got {attention!r}")
+    if attention == "sparse":
+        callbacks.append(SparseAttention(attention))
     decay = float(getattr(trainer_cfg, "ema_decay", 0.0) or 0.0)
     if decay > 0:
         from eartalk.recipes.ema import EMA
