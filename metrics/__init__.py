@@ -13,12 +13,14 @@ from eartalk.core.hookspecs import hookimpl
 @hookimpl
 def register_metrics() -> list[type]:
     from eartalk.metrics.plugins import BUILTIN_METRICS
+    from eartalk.metrics.probe import PROBE_METRICS
 
-    return list(BUILTIN_METRICS)
+    return [*BUILTIN_METRICS, *PROBE_METRICS]
 
 
 @hookimpl
 def register_commands() -> list[type]:
     from eartalk.metrics.evaluate import EvaluateCommand
+    from eartalk.metrics.probe import ProbeCommand
 
-    return [EvaluateCommand]
+    return [EvaluateCommand, ProbeCommand]

@@ -16,5 +16,7 @@ def register_recipes() -> list[type]:
 @hookimpl
 def register_commands() -> list[type]:
     from eartalk.recipes.commands import COMMANDS
+    from eartalk.recipes.serving.commands import ServeCommand
+    from eartalk.recipes.study import StudyCommand
 
-    return list(COMMANDS)
+    return [*COMMANDS, StudyCommand, ServeCommand]

@@ -88,8 +88,9 @@ class DemoCommand(Command):
         parser.add_argument("--seconds", type=float, default=1.0, help="seconds per clip")
         parser.add_argument("--vae-steps", type=int, default=1000)
         parser.add_argument("--steps", type=int, default=900, help="training steps of the AR model")
-        parser.add_argument("--frames", type=int, default=75, help="frames to generate")
+        parser.add_argument("--frames", type=int, default=500, help="frames to generate (500 = 20 s)")
         parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--probe", help="synthetic probe file (trained and saved there when missing; default OUT/probe.pt)")
         parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -97,7 +98,7 @@ class DemoCommand(Command):
 
         summary = run_demo(
             Path(args.out), preset=args.preset, clips=args.clips, seconds=args.seconds,
-            vae_steps=args.vae_steps, steps=args.steps, frames=args.frames, seed=args.seed,
+            vae_steps=args.vae_steps, steps=args.steps, frames=args.frames, seed=args.seed, probe=args.probe,
         )
         if args.json:
             print(json.dumps(summary, indent=2, default=str))

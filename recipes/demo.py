@@ -1,25 +1,37 @@
-"""``eartalk demo``: the whole pipeline on CPU in minutes.
+"""``eartalk demo``: the whole pipeline on CPU in minutes, measured.
 
-1. synthesise talking-head clips with exact ground truth (``eartalk synth``);
-2. train the frame VAE (``vae`` recipe);
-3. train the autoregressive model with the full condition stack (``train`` recipe);
-4. stream a held-out identity driven by its own speech and controls, switching the emotion
-   half-way, and write ``demo.mp4``, ``demo_frames.png`` (ground truth above, generated below)
-   and the loss plots.
+1. synthesise talking-head clips with exact ground truth (``eartalk synth``) and train the
+   synthetic probe that reads controls back from frames (:mod:`eartalk.metrics.probe`; reused
+   when ``--probe`` names an existing file);
+2. train the frame VAE (``vae`` recipe) and the autoregressive model (``train`` recipe);
+3. stream a held-out identity for 20 s from its own held-out speech and its own controls, with
+   edits: the head turns to +25 deg yaw at 5 s (for 5 s), an extra blink at 7 s, and the emotion
+   switches to happy (intensity 3) at 10 s;
+4. render the **truth of the edited controls** with the same renderer (same identity, same speech,
+   the commanded head pose, blinks and emotion), write ``demo.mp4`` with truth (left) and
+   generated (right) side by side, ``demo_frames.png`` (truth above, generated below), and
+   ``summary.json`` with the probe's figures (keys as in ``eartalk study``'s report).
+
+The figures are measured on the generated frames against the commanded controls and the true
+mouth; ``fidelity: proxy`` (the probe is a model made here, for synthetic faces only).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from eartalk.core.config import structure
 from eartalk.core.types import VIDEO_FPS, to_uint8
 
 DEMO_CONDITIONS = ("audio", "voice_activity", "head_pose", "blink", "gaze", "emotion")
+TURN_START, TURN_STOP, TURN_YAW, TURN_RAMP = 5.0, 10.0, 25.0, 10  # seconds, seconds, degrees, frames
+EXTRA_BLINK = 7.0  # seconds
+EMOTION_SWITCH, EMOTION_TO, EMOTION_INTENSITY = 10.0, "happy", 3
 
 
 def contact_sheet(rows: list[torch.Tensor], path: Path, columns: int = 8) -> Path:
@@ -35,6 +47,57 @@ def contact_sheet(rows: list[torch.Tensor], path: Path, columns: int = 8) -> Pat
     return path
 
 
+def demo_controls(signals: dict[str, torch.Tensor], frames: int) -> dict[str, torch.Tensor]:
+    """The demo's commanded controls: the clip's own, with the head turn, the extra blink and the emotion switch.
+
+    Args:
+        signals: the held-out clip's own per-frame signals ``{name: (T, D)}``.
+        frames: T.
+
+    Returns:
+        New signals (same keys); edits past the clip's end are cut.
+    """
+    from eartalk.core.data.synth import EMOTIONS
+
+    out = {n: s[:frames].clone() for n, s in signals.items()}
+    pose = out["head_pose"]
+    a, b = int(TURN_START * VIDEO_FPS), int(TURN_STOP * VIDEO_FPS)
+    if a < frames:
+        b = min(b, frames)
+        start_pose = pose[a].clone()
+        for f in range(a, b):
+            w = min(1.0, (f - a + 1) / TURN_RAMP)
+            pose[f, 0] = start_pose[0] + w * (TURN_YAW - start_pose[0])
+            pose[f, 1:3] = start_pose[1:3] * (1 - w)
+        if b < frames:  # ease back into the clip's own motion
+            end = pose[b - 1].clone()
+            for k, f in enumerate(range(b, min(b + TURN_RAMP, frames))):
+                w = (k + 1) / TURN_RAMP
+                pose[f, :3] = end[:3] + w * (pose[f, :3] - end[:3])
+    blink_at = int(EXTRA_BLINK * VIDEO_FPS)
+    profile = torch.tensor([0.35, 0.8, 1.0, 0.9, 0.6, 0.3, 0.1])
+    if blink_at < frames:
+        n = min(len(profile), frames - blink_at)
+        out["blink"][blink_at : blink_at + n] = torch.maximum(out["blink"][blink_at : blink_at + n], profile[:n, None])
+    switch = int(EMOTION_SWITCH * VIDEO_FPS)
+    if switch < frames:
+        out["emotion"][switch:, 0] = float(EMOTIONS.index(EMOTION_TO))
+        out["emotion"][switch:, 1] = float(EMOTION_INTENSITY)
+    return out
+
+
+def render_truth(metadata: dict[str, Any], signals: dict[str, torch.Tensor], mouth: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Render the held-out identity under ``signals`` (its own mouth track): uint8 ``(T, 3, R, R)``."""
+    from eartalk.core.data.synth import Controls, Identity, render_frames
+
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in metadata["identity"].items()}
+    identity = Identity(**fields)
+    controls = Controls(*(np.asarray(signals[n].numpy(), np.float32) for n in ("head_pose", "blink", "gaze")),
+                        np.asarray(mouth.numpy(), np.float32), np.asarray(signals["emotion"].numpy(), np.float32))
+    frames, _ = render_frames(identity, controls, resolution)
+    return frames
+
+
 def run_demo(
     out: Path,
     preset: str = "tiny",
@@ -42,94 +105,140 @@ def run_demo(
     seconds: float = 1.0,
     vae_steps: int = 1000,
     steps: int = 900,
-    frames: int = 75,
+    frames: int = 500,
     seed: int = 0,
+    probe: str | Path | None = None,
+    progress: bool = True,
+    probe_identities: int = 120,
+    probe_epochs: int = 10,
 ) -> dict[str, Any]:
-    """Run the demo into ``out`` and return a summary (paths, losses, timings)."""
-    from eartalk.core.data.dataset import TalkingHeadDataset
+    """Run the demo into ``out``, write ``summary.json`` and return the summary (paths, figures, timings)."""
     from eartalk.core.data.synth import synthesize_dataset
     from eartalk.core.engine.presets import PRESETS
     from eartalk.core.media.io import write_video
+    from eartalk.metrics.probe import ProbeTraining, get_or_train_probe, pearson, reading_errors
     from eartalk.recipes.common import read_metrics
-    from eartalk.recipes.generate import ControlEdit, run_session
-    from eartalk.recipes.train import TrainConfig, TrainRecipe, load_trained
-    from eartalk.recipes.vae import VAEConfig, VAERecipe
+    from eartalk.recipes.study import (
+        AUDIO_CONDITIONS,
+        block_permutation,
+        load_heldout,
+        per_frame_l1_psnr,
+        stream_batch,
+        train_model,
+        train_vae,
+        windows,
+    )
+    from eartalk.recipes.train import load_trained
 
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     resolution = PRESETS[preset].resolution
-    window = PRESETS[preset].window
-    clip_frames = max(10, window + 4)
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
-    data = synthesize_dataset(out / "data", clips=clips, seconds=seconds, resolution=resolution, seed=seed)
-    holdout = synthesize_dataset(out / "holdout", clips=1, seconds=max(seconds, frames / VIDEO_FPS), resolution=resolution, seed=seed + 1000)
+    probe_path = Path(probe) if probe else out / "probe.pt"
+    reader, probe_info = get_or_train_probe(probe_path, ProbeTraining(identities=probe_identities, epochs=probe_epochs,
+                                                                      seed=seed + 17), heldout=4, progress=progress)
+    timings["probe_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    data = synthesize_dataset(out / "data", clips=clips, seconds=seconds, resolution=resolution, seed=seed, progress=progress)
+    holdout = synthesize_dataset(out / "holdout", clips=1, seconds=frames / VIDEO_FPS, resolution=resolution,
+                                 seed=seed + 1000, progress=progress)
     timings["synth_s"] = time.perf_counter() - start
 
-    common = {
-        "seed": seed,
-        "model": {"preset": preset},
-        "data": {"root": str(data), "batch_size": 4, "val_fraction": 0.1},
-    }
     start = time.perf_counter()
-    # Many short clips (many identities) and short, cheap VAE batches (4 clips x 2 frames) at a
-    # higher learning rate: the VAE's error on an unseen identity is set by how many identities
-    # and steps it saw, not by clip length.
-    vae_cfg = structure(
-        {**common, "out_dir": str(out / "vae"), "data": {**common["data"], "clip_frames": 2},
-         "optim": {"lr": 3e-3, "weight_decay": 0.0, "warmup_steps": 20},
-         "trainer": {"max_steps": vae_steps, "val_every_n_steps": max(1, vae_steps // 2), "checkpoint_every_n_steps": max(1, vae_steps // 2)}},
-        VAEConfig,
-    )
-    vae_ckpt = VAERecipe().run(vae_cfg)
+    vae_ckpt = train_vae(data, out / "vae", preset, vae_steps, seed, progress)
     timings["vae_train_s"] = time.perf_counter() - start
-
     start = time.perf_counter()
-    train_cfg = structure(
-        {**common, "out_dir": str(out / "model"),
-         "model": {"preset": preset, "vae_checkpoint": str(vae_ckpt)},
-         "conditions": [{"name": n} for n in DEMO_CONDITIONS],
-         "data": {**common["data"], "clip_frames": clip_frames},
-         "optim": {"lr": 2e-3, "warmup_steps": 30},
-         "trainer": {"max_steps": steps, "val_every_n_steps": max(1, steps // 4), "checkpoint_every_n_steps": max(1, steps // 4)}},
-        TrainConfig,
-    )
-    ckpt = TrainRecipe().run(train_cfg)
+    ckpt = train_model(data, out / "model", preset, vae_ckpt, steps, seed, progress)
     timings["model_train_s"] = time.perf_counter() - start
 
-    # Stream the held-out identity with its own speech and controls; switch emotion half-way.
-    # The dataset reader gives its exact stored ground truth and computes the audio features
-    # from its speech, as training does.
+    # The held-out clip through the dataset reader (audio features computed from its speech, as in
+    # training); the commanded controls are its own plus the demo's edits, and the truth is
+    # rendered from exactly those controls.
     model = load_trained(ckpt)
-    clip = TalkingHeadDataset(holdout, clip_frames=frames, stack=model.stack)[0]
-    truth = to_uint8(clip["frames"])  # (T, 3, R, R)
-    reference = clip["frames"][0]  # (3, R, R): the first frame, as a user would give a portrait
-    signals = {name: signal for name, signal in clip["signals"].items() if name != "emotion"}
-    half = frames // 2
-    edits = [ControlEdit("emotion", "happy", 0, half), ControlEdit("emotion", {"emotion": "sad", "intensity": 3}, half, None)]
+    item = load_heldout(holdout, model.stack, frames)[0]
+    commanded = demo_controls(item["signals"], frames)
+    mouth = item["extras"]["mouth"][:frames]  # (T, 2) opening, width
+    truth = render_truth(item["meta"]["metadata"], commanded, mouth, resolution)  # (T, 3, R, R) uint8
+    reference = item["frames"][0]  # (3, R, R) the first frame, as a user would give a portrait
+    shuffled = dict(commanded)
+    order = torch.from_numpy(block_permutation(frames, VIDEO_FPS, seed))
+    for name in AUDIO_CONDITIONS:
+        shuffled[name] = commanded[name][order]
     start = time.perf_counter()
-    video = run_session(model, reference, frames, edits, signals, progress=True)
+    both, _ = stream_batch(model, torch.stack([reference, reference]), [commanded, shuffled], frames,
+                           "generating (own speech + shuffled speech)", progress)
     timings["generate_s"] = time.perf_counter() - start
+    video, video_shuffled = both[0], both[1]  # (T, 3, R, R) uint8
+    start = time.perf_counter()
+    n_fps = min(100, frames)
+    stream_batch(model, reference[None], [{k: v[:n_fps] for k, v in commanded.items()}], n_fps, progress=False)
+    fps = n_fps / (time.perf_counter() - start)
 
-    mp4 = write_video(out / "demo.mp4", video, fps=VIDEO_FPS, audio=clip["audio"])
-    sheet = contact_sheet([truth, video], out / "demo_frames.png")
+    side = torch.cat([truth, video], dim=3)  # (T, 3, R, 2R): truth left, generated right
+    mp4 = write_video(out / "demo.mp4", side, fps=VIDEO_FPS, audio=item["audio"][: frames * 640])
+    sheet = contact_sheet([truth, video], out / "demo_frames.png", columns=10)
+
+    read, read_shuffled = reader.read(video), reader.read(video_shuffled)
+    static = reader.read(truth[:1].expand(frames, -1, -1, -1))
+    read_truth = reader.read(truth)
+    true_opening = mouth[:, 0].numpy()
+    want = {"blink": commanded["blink"].numpy(), "gaze": commanded["gaze"].numpy(),
+            "emotion": commanded["emotion"][:, 0].numpy(), "mouth": true_opening}
+    got = reading_errors(read, want)
+    on_truth = reading_errors(read_truth, want)
+    yaw = commanded["head_pose"][:, 0].numpy()
+    turn = slice(int(TURN_START * VIDEO_FPS) + TURN_RAMP, min(frames, int(TURN_STOP * VIDEO_FPS)))
+    after = slice(int(EMOTION_SWITCH * VIDEO_FPS), frames)
+    l1, psnr = per_frame_l1_psnr(video, truth)
+    early, late = windows(frames)
     with torch.no_grad():
-        recon = model.vae.decode(model.vae.encode(clip["frames"][None]))[0]
-    l1_vae = (to_uint8(recon).float() - truth.float()).abs().mean().item() / 255
-    l1_gen = (video.float() - truth.float()).abs().mean().item() / 255
+        recon = torch.cat([model.vae.decode(model.vae.encode(item["frames"][a : a + 100][None]))[0]
+                           for a in range(0, frames, 100)])
+    vae_l1, vae_psnr = per_frame_l1_psnr(to_uint8(recon), to_uint8(item["frames"][:frames]))
 
     def first_last(run: Path, key: str) -> list[float]:
         points = read_metrics(run).get(key, [])
         return [round(points[0][1], 4), round(points[-1][1], 4)] if points else []
 
-    return {
+    figures = {
+        "drift_l1_late_over_early": float(l1[late].mean() / max(l1[early].mean(), 1e-9)),
+        "psnr_late_db": float(psnr[late].mean()),
+        "yaw_mae_deg": float(np.abs(read["head_pose"][:, 0] - yaw).mean()),
+        "blink_f1": got["blink_f1"],
+        "emotion_accuracy": got["emotion_accuracy"],
+        "mouth_corr": got["mouth_corr"],
+        "mouth_corr_shuffled": pearson(read_shuffled["mouth"], true_opening),
+        "mouth_corr_static": pearson(static["mouth"], true_opening),
+        "train_minutes": (timings["vae_train_s"] + timings["model_train_s"]) / 60,
+        "fps": fps,
+        "gaze_error": got["gaze_error"],
+        "yaw_mae_deg_in_turn": float(np.abs(read["head_pose"][turn, 0] - yaw[turn]).mean()) if turn.stop > turn.start else None,
+        "yaw_read_in_turn_deg": float(read["head_pose"][turn, 0].mean()) if turn.stop > turn.start else None,
+        "emotion_accuracy_after_switch": float((read["emotion"][after] == commanded["emotion"][after, 0].numpy()).mean())
+        if after.stop > after.start else None,
+        "l1_early": float(l1[early].mean()), "l1_late": float(l1[late].mean()),
+        "psnr_early_db": float(psnr[early].mean()),
+        "vae_l1": float(vae_l1.mean()), "vae_psnr_db": float(vae_psnr.mean()),
+    }
+    summary = {
+        **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in figures.items()},
+        "fidelity": "proxy (synthetic probe on synthetic faces; not a paper metric)",
+        "probe_on_truth": {k: round(v, 4) for k, v in on_truth.items()},
+        "probe_heldout_accuracy": probe_info.get("heldout_accuracy", {}),
+        "budget": {"clips": clips, "seconds": seconds, "vae_steps": vae_steps, "steps": steps, "preset": preset,
+                   "frames": frames},
         "video": str(mp4),
         "frames_png": str(sheet),
+        "checkpoints": {"vae": str(vae_ckpt), "model": str(ckpt), "probe": str(probe_path)},
         "vae_loss_first_last": first_last(out / "vae", "train/loss"),
         "model_loss_first_last": first_last(out / "model", "train/loss"),
-        "vae_reconstruction_l1": round(l1_vae, 4),
-        "generated_vs_truth_l1": round(l1_gen, 4),
-        "generation_fps": round(frames / timings["generate_s"], 2),
         "loss_plots": [str(out / "vae" / "loss.png"), str(out / "model" / "loss.png")],
         **{k: round(v, 1) for k, v in timings.items()},
     }
+    summary["total_s"] = round(sum(timings.values()) + n_fps / fps, 1)
+    summary["summary_json"] = str(out / "summary.json")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary

@@ -1,0 +1,685 @@
+"""``eartalk study``: does the model keep the identity, follow the audio and obey the controls?
+
+The study trains (or takes checkpoints of) the frame VAE, the main model and its SFA ablations on
+synthetic talking heads, streams held-out identities for a long clip and writes ``report.md``,
+``report.json`` and plots into ``--out``. Every figure is measured on **held-out synthetic
+identities** driven by held-out synthetic speech; control figures come from the synthetic probe
+(:mod:`eartalk.metrics.probe`) and are labelled ``fidelity: proxy``.
+
+For every model, one batched streaming session per held-out identity set runs four streams per
+identity (all from the identity's first frame, the portrait):
+
+* ``drive``: its own speech and its own ground-truth controls (head pose, blink, gaze, emotion);
+* ``nocontrol``: its own speech only (every other control absent: the no-control baseline);
+* ``shuffled``: its own controls, with the audio-derived conditions (audio features, voice
+  activity) permuted in blocks of one second (the shuffled-audio baseline);
+* ``sweep``: its own controls but the head yaw commanded along a +/-25 deg triangle wave (pitch
+  and roll 0).
+
+Measured (report keys in brackets; ``ablations.<name>`` holds the same keys per ablation):
+
+a. drift: per-frame L1 (pixels in [0, 1]) and PSNR against the rendered truth of ``drive``;
+   [``drift_l1_late_over_early``] = mean L1 over the last 100 frames / frames 1-100 (a tenth of
+   the clip each when it is shorter than 1,000 frames), [``psnr_late_db``] over the last ones;
+b. control fidelity (probe): [``yaw_mae_deg``] commanded vs read yaw of ``sweep``, against
+   ``nocontrol`` read against the same sweep; [``blink_f1``], [``gaze_error``],
+   [``emotion_accuracy``] of ``drive`` against the truth, each with its ``*_nocontrol`` baseline;
+c. lip-sync: [``mouth_corr``] Pearson correlation of the probe's mouth opening of ``drive`` with the
+   true opening, against [``mouth_corr_shuffled``] (``shuffled``) and [``mouth_corr_static``] (the
+   portrait repeated); [``mouth_closed_in_pauses``]: share of pause frames (voice activity 0, true
+   mouth closed) where the generated mouth reads closed (opening < 0.15);
+d. cost: [``train_minutes``] (VAE + model on this machine), [``fps``] of one stream.
+
+``--quick`` runs the whole pipeline at tiny sizes in a few minutes (CI); it also measures an
+untrained model (random backbone and decoder, same VAE) under ``untrained``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+
+from eartalk.core.commands import Command
+from eartalk.core.errors import ConfigError, InputError
+from eartalk.core.types import VIDEO_FPS, to_uint8
+
+STUDY_CONDITIONS = ("audio", "voice_activity", "head_pose", "blink", "gaze", "emotion")
+AUDIO_CONDITIONS = ("audio", "voice_activity")
+#: Ablation name -> ``model.arch`` overrides (H1's SFA switches in ModelArch).
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "sink": {},
+    "no_sink": {"sink_attention": False},
+    "no_adaln_identity": {"adaln_identity": False},
+}
+REPORT_KEYS = ("drift_l1_late_over_early", "psnr_late_db", "yaw_mae_deg", "blink_f1", "emotion_accuracy", "mouth_corr",
+               "mouth_corr_shuffled", "mouth_corr_static", "train_minutes", "fps")
+STREAMS = ("drive", "nocontrol", "shuffled", "sweep")
+SWEEP_DEG = 25.0
+SWEEP_PERIOD = 100  # frames of one -25 -> +25 -> -25 cycle
+CLOSED_OPENING = 0.15
+
+
+@attrs.frozen
+class StudyConfig:
+    """What the study trains and measures.
+
+    Attributes:
+        out: output folder (data/, vae/, model/, ablation_<name>/, report.*, plots).
+        preset: model size (64 px ``tiny`` for the issue's targets).
+        clips, seconds: synthetic training clips (identities) and their length.
+        vae_steps: VAE training steps.
+        steps: main model training steps.
+        ablation_steps: training steps of every ablation variant (the same for all; equal to
+            ``steps`` reuses the main model as the ``sink`` variant).
+        ablations: variants to train and measure (keys of :data:`ABLATIONS`).
+        batch_size: training clips per batch.
+        heldout: held-out identities streamed.
+        eval_frames: frames streamed per identity (2,000 = 80 s).
+        untrained: also measure a model with untrained backbone and decoder.
+        vae_checkpoint, checkpoint: use these instead of training (the main model).
+        ablation_checkpoints: ``name -> checkpoint`` used instead of training that variant.
+        probe: probe file (trained and saved there when missing).
+        probe_identities, probe_epochs: probe training size when it is trained here.
+        threads: torch intra-op threads.
+        seed: seed of data, training and sampling.
+        progress: progress bars.
+    """
+
+    out: str = "runs/study"
+    preset: str = "tiny"
+    clips: int = 96
+    seconds: float = 1.0
+    vae_steps: int = 1500
+    steps: int = 1500
+    ablation_steps: int = 600
+    ablations: tuple[str, ...] = ("sink", "no_sink", "no_adaln_identity")
+    batch_size: int = 4
+    heldout: int = 2
+    eval_frames: int = 2000
+    untrained: bool = True
+    vae_checkpoint: str | None = None
+    checkpoint: str | None = None
+    ablation_checkpoints: dict[str, str] = attrs.field(factory=dict)
+    probe: str | None = None
+    probe_identities: int = 120
+    probe_epochs: int = 6
+    threads: int = 2
+    seed: int = 0
+    progress: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        unknown = sorted(set(self.ablations) - set(ABLATIONS))
+        if unknown:
+            raise ConfigError(f"study: unknown ablation(s) {unknown}; choose from {', '.join(ABLATIONS)}")
+        unknown = sorted(set(self.ablation_checkpoints) - set(ABLATIONS))
+        if unknown:
+            raise ConfigError(f"study: --ablation-checkpoint names unknown ablation(s) {unknown}; choose from {', '.join(ABLATIONS)}")
+        if self.eval_frames < 20:
+            raise ConfigError(f"study: eval_frames must be >= 20, got {self.eval_frames}")
+        if min(self.clips, self.heldout, self.vae_steps, self.steps, self.ablation_steps, self.threads) < 1:
+            raise ConfigError("study: clips, heldout, vae_steps, steps, ablation_steps and threads must be >= 1")
+        for what, path in (("--vae-checkpoint", self.vae_checkpoint), ("--checkpoint", self.checkpoint),
+                           *((f"--ablation-checkpoint {k}", v) for k, v in self.ablation_checkpoints.items())):
+            if path and not Path(path).is_file():
+                raise InputError(f"study: {what} {path} does not exist")
+        if self.checkpoint and not self.vae_checkpoint:
+            raise ConfigError("study: --checkpoint needs --vae-checkpoint too (the VAE its model was trained with)")
+
+
+def quick_config(out: str | Path, **overrides: Any) -> StudyConfig:
+    """The ``--quick`` sizes: a few minutes on 2 cores, short clips, tiny budgets."""
+    base = dict(out=str(out), clips=32, seconds=1.0, vae_steps=300, steps=300, ablation_steps=300, heldout=2,
+                eval_frames=100, probe_identities=40, probe_epochs=4)
+    base.update(overrides)
+    return StudyConfig(**base)
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------------------------
+def trainer_section(steps: int, progress: bool) -> dict[str, Any]:
+    every = max(1, steps // 2)
+    return {"max_steps": steps, "val_every_n_steps": every, "checkpoint_every_n_steps": every,
+            "log_every_n_steps": max(1, min(10, steps // 20)), "progress_bar": progress}
+
+
+def train_vae(data: Path, out: Path, preset: str, steps: int, seed: int, progress: bool) -> Path:
+    """Train the frame VAE with the ``vae`` recipe (the demo's settings); returns its checkpoint."""
+    from eartalk.core.config import structure
+    from eartalk.recipes.vae import VAEConfig, VAERecipe
+
+    cfg = structure({"seed": seed, "out_dir": str(out), "model": {"preset": preset},
+                     "data": {"root": str(data), "clip_frames": 2, "batch_size": 4, "val_fraction": 0.1},
+                     "optim": {"lr": 3e-3, "weight_decay": 0.0, "warmup_steps": 20},
+                     "trainer": trainer_section(steps, progress)}, VAEConfig)
+    return VAERecipe().run(cfg)
+
+
+def train_model(data: Path, out: Path, preset: str, vae: Path, steps: int, seed: int, progress: bool,
+                arch: dict[str, Any] | None = None, batch_size: int = 4) -> Path:
+    """Train the AR model with the ``train`` recipe and the study's condition stack; returns its checkpoint."""
+    from eartalk.core.config import structure
+    from eartalk.core.engine.presets import PRESETS
+    from eartalk.recipes.train import TrainConfig, TrainRecipe
+
+    window = PRESETS[preset].window
+    cfg = structure({"seed": seed, "out_dir": str(out),
+                     "model": {"preset": preset, "vae_checkpoint": str(vae), "arch": dict(arch or {})},
+                     "conditions": [{"name": n} for n in STUDY_CONDITIONS],
+                     "data": {"root": str(data), "clip_frames": max(10, window + 4), "batch_size": batch_size,
+                              "val_fraction": 0.1},
+                     "optim": {"lr": 2e-3, "warmup_steps": 30},
+                     "trainer": trainer_section(steps, progress)}, TrainConfig)
+    return TrainRecipe().run(cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# held-out clips and streaming
+# ---------------------------------------------------------------------------------------------
+def load_heldout(root: Path, stack: Any, frames: int) -> list[dict[str, Any]]:
+    """Every clip of a held-out dataset as one item of ``frames`` frames (signals from ``stack``, true mouth)."""
+    from eartalk.core.data.dataset import TalkingHeadDataset
+
+    dataset = TalkingHeadDataset(root, clip_frames=frames, stack=stack, extras=("mouth",))
+    return [dataset[i] for i in range(len(dataset))]
+
+
+def block_permutation(frames: int, block: int, seed: int) -> np.ndarray:
+    """Frame order that shuffles whole blocks of ``block`` frames (no block stays in place when possible)."""
+    blocks = [np.arange(a, min(a + block, frames)) for a in range(0, frames, block)]
+    rng = np.random.default_rng(seed)
+    order = np.arange(len(blocks))
+    if len(blocks) > 1:
+        order = np.roll(rng.permutation(len(blocks)), 1) if len(blocks) > 2 else order[::-1]
+        while len(blocks) > 2 and (order == np.arange(len(blocks))).any():
+            order = rng.permutation(len(blocks))
+    return np.concatenate([blocks[i] for i in order])[:frames]
+
+
+def yaw_sweep(frames: int, degrees: float = SWEEP_DEG, period: int = SWEEP_PERIOD) -> np.ndarray:
+    """Triangle wave ``(T,)`` from -degrees to +degrees and back every ``period`` frames."""
+    phase = (np.arange(frames) % period) / period
+    return (degrees * (4 * np.abs(phase - 0.5) - 1) * -1).astype(np.float32)
+
+
+def stream_signals(item: dict[str, Any], stream: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Per-frame signals ``{name: (T, D)}`` of one study stream (NaN rows = absent)."""
+    signals = {n: s.clone() for n, s in item["signals"].items()}
+    t = item["frames"].shape[0]
+    if stream == "nocontrol":
+        for name in signals:
+            if name not in AUDIO_CONDITIONS:
+                signals[name] = torch.full_like(signals[name], float("nan"))
+    elif stream == "shuffled":
+        order = torch.from_numpy(block_permutation(t, VIDEO_FPS, seed))
+        for name in AUDIO_CONDITIONS:
+            if name in signals:
+                signals[name] = signals[name][order]
+    elif stream == "sweep":
+        if "head_pose" in signals:
+            pose = signals["head_pose"]
+            pose[:, 0] = torch.from_numpy(yaw_sweep(t))
+            pose[:, 1:3] = 0.0
+    elif stream != "drive":
+        raise ValueError(f"unknown stream {stream!r}")
+    return signals
+
+
+def stream_batch(model: Any, references: torch.Tensor, signals: list[dict[str, torch.Tensor]], frames: int,
+                 label: str = "streaming", progress: bool = True) -> tuple[torch.Tensor, float]:
+    """Stream ``B`` clips at once through one session; returns uint8 ``(B, T, 3, R, R)`` and seconds."""
+    from rich.progress import Progress
+
+    names = model.stack.names
+    stacked = {n: torch.stack([s[n] for s in signals], 1) for n in names if all(n in s for s in signals)}  # (T, B, D)
+    session = model.session(references)
+    out = []
+    start = time.perf_counter()
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task(f"{label} ({references.shape[0]} streams)", total=frames)
+        for f in range(frames):
+            step = session.step({n: s[f] for n, s in stacked.items()})
+            out.append(to_uint8(step.pixels))  # (B, 3, R, R)
+            bar.advance(task)
+    return torch.stack(out, 1), time.perf_counter() - start
+
+
+def single_stream_fps(model: Any, item: dict[str, Any], frames: int = 50) -> float:
+    """Frames per second of one stream (the drive stream of ``item``) on this machine."""
+    signals = stream_signals(item, "drive")
+    frames = min(frames, item["frames"].shape[0])
+    _, seconds = stream_batch(model, item["frames"][:1], [signals], frames, progress=False)
+    return frames / seconds
+
+
+# ---------------------------------------------------------------------------------------------
+# measures
+# ---------------------------------------------------------------------------------------------
+def per_frame_l1_psnr(video: torch.Tensor, truth: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame L1 (pixels in [0, 1]) and PSNR (dB) of uint8 ``(T, 3, R, R)`` clips."""
+    diff = (video.float() - truth.float()) / 255.0
+    l1 = diff.abs().flatten(1).mean(1).numpy()
+    mse = diff.square().flatten(1).mean(1).clamp_min(1e-10).numpy()
+    return l1, 10 * np.log10(1.0 / mse)
+
+
+def windows(frames: int) -> tuple[slice, slice]:
+    """Early (frames 1-100) and late (last 100) windows, a tenth of the clip each below 1,000 frames."""
+    n = max(2, min(100, frames // 10))
+    return slice(1, 1 + n), slice(frames - n, frames)
+
+
+def closed_in_pauses(read_mouth: np.ndarray, vad: np.ndarray, true_opening: np.ndarray) -> float:
+    """Share of pause frames (voice activity 0 and a closed true mouth) where the read mouth is closed."""
+    pause = (vad < 0.5) & (true_opening <= 0.01)
+    if not pause.any():
+        return math.nan
+    return float((read_mouth[pause] < CLOSED_OPENING).mean())
+
+
+def measure(model: Any, items: list[dict[str, Any]], probe: Any, frames: int, label: str, seed: int = 0,
+            progress: bool = True) -> dict[str, Any]:
+    """Stream every held-out item in the four study streams and compute the study's figures."""
+    from eartalk.metrics.probe import pearson, reading_errors
+
+    refs, signals = [], []
+    for k, item in enumerate(items):
+        for stream in STREAMS:
+            refs.append(item["frames"][0])
+            signals.append({n: s[:frames] for n, s in stream_signals(item, stream, seed + k).items()})
+    video, seconds = stream_batch(model, torch.stack(refs), signals, frames, label, progress)
+    video = video.view(len(items), len(STREAMS), *video.shape[1:])  # (I, S, T, 3, R, R)
+    early, late = windows(frames)
+    l1s, psnrs, rows = [], [], []
+    sweep = yaw_sweep(frames)
+    for k, item in enumerate(items):
+        truth = to_uint8(item["frames"][:frames])
+        l1, psnr = per_frame_l1_psnr(video[k, 0], truth)
+        l1s.append(l1)
+        psnrs.append(psnr)
+        reads = {s: probe.read(video[k, i]) for i, s in enumerate(STREAMS)}
+        true_mouth = item["extras"]["mouth"][:frames, 0].numpy()
+        sig = {n: s[:frames].numpy() for n, s in item["signals"].items()}
+        truth_controls = {"blink": sig["blink"], "gaze": sig["gaze"], "emotion": sig["emotion"][:, 0], "mouth": true_mouth}
+        drive = reading_errors(reads["drive"], truth_controls)
+        nocontrol = reading_errors(reads["nocontrol"], truth_controls)
+        static = probe.read(truth[:1].expand(frames, -1, -1, -1))
+        rows.append({
+            "yaw_mae_deg": float(np.abs(reads["sweep"]["head_pose"][:, 0] - sweep).mean()),
+            "yaw_mae_deg_nocontrol": float(np.abs(reads["nocontrol"]["head_pose"][:, 0] - sweep).mean()),
+            "yaw_mae_deg_drive": float(np.abs(reads["drive"]["head_pose"][:, 0] - sig["head_pose"][:, 0]).mean()),
+            "blink_f1": drive["blink_f1"], "blink_f1_nocontrol": nocontrol["blink_f1"],
+            "gaze_error": drive["gaze_error"], "gaze_error_nocontrol": nocontrol["gaze_error"],
+            "emotion_accuracy": drive["emotion_accuracy"], "emotion_accuracy_nocontrol": nocontrol["emotion_accuracy"],
+            "mouth_corr": drive["mouth_corr"],
+            "mouth_corr_shuffled": pearson(reads["shuffled"]["mouth"], true_mouth),
+            "mouth_corr_static": pearson(static["mouth"], true_mouth),
+            "mouth_closed_in_pauses": closed_in_pauses(reads["drive"]["mouth"], sig["voice_activity"][:, 0], true_mouth),
+        })
+    l1 = np.mean(l1s, 0)
+    psnr = np.mean(psnrs, 0)
+    result: dict[str, Any] = {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
+    result.update(
+        drift_l1_late_over_early=float(l1[late].mean() / max(l1[early].mean(), 1e-9)),
+        l1_early=float(l1[early].mean()), l1_late=float(l1[late].mean()), l1_mean=float(l1.mean()),
+        psnr_early_db=float(psnr[early].mean()), psnr_late_db=float(psnr[late].mean()),
+        windows={"early": [early.start, early.stop], "late": [late.start, late.stop]},
+        eval_frames=frames, identities=len(items), streams_per_identity=len(STREAMS),
+        batched_frames_per_s=float(video.shape[0] * video.shape[1] * frames / seconds),
+        curves={"l1": [round(float(v), 5) for v in l1], "psnr_db": [round(float(v), 3) for v in psnr]},
+    )
+    result["_video"] = video  # dropped before writing JSON
+    return result
+
+
+def vae_floor(model: Any, items: list[dict[str, Any]], frames: int) -> dict[str, float]:
+    """L1 and PSNR of the VAE alone (encode + decode the truth): the floor of generation."""
+    l1s, psnrs = [], []
+    with torch.no_grad():
+        for item in items:
+            clip = item["frames"][:frames]
+            recon = torch.cat([model.vae.decode(model.vae.encode(clip[a : a + 100][None]))[0] for a in range(0, frames, 100)])
+            l1, psnr = per_frame_l1_psnr(to_uint8(recon), to_uint8(clip))
+            l1s.append(l1.mean())
+            psnrs.append(psnr.mean())
+    return {"vae_l1": float(np.mean(l1s)), "vae_psnr_db": float(np.mean(psnrs))}
+
+
+def untrained_model(checkpoint: Path) -> Any:
+    """The model of ``checkpoint`` with its backbone and decoder re-initialised (VAE and stack kept)."""
+    from eartalk.core.engine import model as engine
+    from eartalk.recipes.train import load_trained
+
+    trained = load_trained(checkpoint)
+    torch.manual_seed(12345)
+    fresh = engine.build_model(trained.arch, _specs_of(checkpoint))
+    fresh.vae.load_state_dict(trained.vae.state_dict())
+    return fresh.eval()
+
+
+def _specs_of(checkpoint: Path) -> list[Any]:
+    from eartalk.core.config import structure
+    from eartalk.recipes.common import read_checkpoint
+    from eartalk.recipes.train import TrainConfig
+
+    ckpt = read_checkpoint(checkpoint, "checkpoint", "train one with `eartalk train CONFIG`")
+    return list(structure(ckpt["hyper_parameters"]["config"], TrainConfig).conditions)
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------------------------
+def _plots(out: Path, results: dict[str, dict[str, Any]], main: dict[str, Any], items: list[dict[str, Any]],
+           probe: Any, floor: dict[str, float]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, res in results.items():
+        axes[0].plot(res["curves"]["l1"], label=name, lw=1)
+        axes[1].plot(res["curves"]["psnr_db"], label=name, lw=1)
+    axes[0].axhline(floor["vae_l1"], color="k", ls=":", label="VAE alone")
+    axes[1].axhline(floor["vae_psnr_db"], color="k", ls=":", label="VAE alone")
+    axes[0].set_ylabel("L1 vs truth (pixels in [0, 1])")
+    axes[1].set_ylabel("PSNR vs truth (dB)")
+    for ax in axes:
+        ax.set_xlabel("frame")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("drift on held-out identities (mean over identities)")
+    fig.tight_layout()
+    fig.savefig(out / "drift.png", dpi=100)
+    plt.close(fig)
+    paths.append(str(out / "drift.png"))
+
+    video = main["_video"]  # (I, S, T, 3, R, R)
+    frames = video.shape[2]
+    sweep_read = probe.read(video[0, STREAMS.index("sweep")])["head_pose"][:, 0]
+    none_read = probe.read(video[0, STREAMS.index("nocontrol")])["head_pose"][:, 0]
+    drive_mouth = probe.read(video[0, 0])["mouth"]
+    shuffled_mouth = probe.read(video[0, STREAMS.index("shuffled")])["mouth"]
+    true_mouth = items[0]["extras"]["mouth"][:frames, 0].numpy()
+    n = min(frames, 300)
+    fig, axes = plt.subplots(2, 1, figsize=(10, 6))
+    axes[0].plot(yaw_sweep(frames)[:n], "k", label="commanded yaw")
+    axes[0].plot(sweep_read[:n], label="read (yaw commanded)")
+    axes[0].plot(none_read[:n], label="read (no control)", alpha=0.7)
+    axes[0].set_ylabel("yaw (deg, probe)")
+    axes[1].plot(true_mouth[:n], "k", label="true opening")
+    axes[1].plot(drive_mouth[:n], label="generated (own audio)")
+    axes[1].plot(shuffled_mouth[:n], label="generated (shuffled audio)", alpha=0.7)
+    axes[1].set_ylabel("mouth opening (probe)")
+    for ax in axes:
+        ax.set_xlabel("frame")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "controls.png", dpi=100)
+    plt.close(fig)
+    paths.append(str(out / "controls.png"))
+
+    from eartalk.recipes.demo import contact_sheet
+
+    truth = to_uint8(items[0]["frames"][:frames])
+    contact_sheet([truth, video[0, 0], video[0, STREAMS.index("sweep")]], out / "frames.png", columns=10)
+    paths.append(str(out / "frames.png"))
+    return paths
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.3f}"
+    return str(value)
+
+
+TARGETS = {"drift_l1_late_over_early": ("<=", 1.25), "psnr_late_db": (">=", 22.0), "yaw_mae_deg": ("<=", 4.0),
+           "blink_f1": (">=", 0.8), "emotion_accuracy": (">=", 0.7), "mouth_corr": (">=", 0.7),
+           "mouth_corr_shuffled": ("<=", 0.2)}
+
+
+def write_markdown(path: Path, report: dict[str, Any]) -> Path:
+    """``report.md``: budget, headline table against the issue's targets, ablations, probe accuracy."""
+    lines = ["# eartalk study", "", f"Generated {report['finished']} on this machine ({report['threads']} threads).", ""]
+    b = report["budget"]
+    lines += ["## Training budget", "",
+              f"- data: {b['clips']} synthetic training identities x {b['seconds']} s at {b['resolution']} px",
+              f"- VAE: {b['vae_steps']} steps; main model: {b['steps']} steps; every ablation variant: {b['ablation_steps']} steps",
+              f"- training minutes: VAE {b['vae_minutes']:.1f}, main model {b['model_minutes']:.1f}, "
+              f"ablations {b['ablation_minutes']:.1f} (total {b['total_minutes']:.1f})",
+              f"- evaluation: {report['identities']} held-out identities x {report['eval_frames']} frames "
+              f"({report['eval_frames'] / VIDEO_FPS:.0f} s), held-out speech", "",
+              "## Headline (main model; control figures from the synthetic probe, fidelity: proxy)", "",
+              "| measure | value | baseline | target | met |", "|---|---|---|---|---|"]
+    baselines = {"yaw_mae_deg": "yaw_mae_deg_nocontrol", "blink_f1": "blink_f1_nocontrol",
+                 "emotion_accuracy": "emotion_accuracy_nocontrol", "mouth_corr": "mouth_corr_shuffled"}
+    for key in (*REPORT_KEYS, "gaze_error", "mouth_closed_in_pauses", "l1_early", "l1_late"):
+        value = report.get(key)
+        base = report.get(baselines.get(key, ""), "")
+        op, target = TARGETS.get(key, ("", None))
+        met = ""
+        if target is not None and isinstance(value, float) and not math.isnan(value):
+            met = "yes" if (value <= target if op == "<=" else value >= target) else "no"
+        lines.append(f"| {key} | {_fmt(value)} | {_fmt(base) if base != '' else ''} | {f'{op} {target}' if target else ''} | {met} |")
+    lines += ["", f"VAE alone on the same clips: L1 {report['vae_l1']:.3f}, PSNR {report['vae_psnr_db']:.2f} dB.", ""]
+    if report.get("ablations"):
+        cols = ("drift_l1_late_over_early", "l1_early", "l1_late", "psnr_late_db", "yaw_mae_deg", "blink_f1",
+                "emotion_accuracy", "mouth_corr", "mouth_corr_shuffled", "train_minutes")
+        lines += ["## SFA ablations (same budget for every variant)", "", "| variant | " + " | ".join(cols) + " |",
+                  "|---" * (len(cols) + 1) + "|"]
+        for name, res in report["ablations"].items():
+            lines.append(f"| {name} | " + " | ".join(_fmt(res.get(c)) for c in cols) + " |")
+        lines.append("")
+    if report.get("untrained"):
+        u = report["untrained"]
+        lines += ["## Untrained model (same VAE, random backbone and decoder)", "",
+                  f"L1 early {u['l1_early']:.3f} (trained {report['l1_early']:.3f}), PSNR late {u['psnr_late_db']:.2f} dB, "
+                  f"mouth_corr {u['mouth_corr']:.3f}.", ""]
+    p = report["probe"]["heldout_accuracy"]
+    lines += ["## Synthetic probe (proxy) on held-out truth frames", "",
+              ", ".join(f"{k} {_fmt(v)}" for k, v in p.items()), "", "## Files", ""]
+    lines += [f"- {k}: {v}" for k, v in report["files"].items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _clean(res: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in res.items() if not k.startswith("_")}
+
+
+def _nan_to_none(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return None if math.isnan(obj) or math.isinf(obj) else obj
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_nan_to_none(v) for v in obj]
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# the study
+# ---------------------------------------------------------------------------------------------
+def run_study(cfg: StudyConfig) -> dict[str, Any]:
+    """Train (or load) everything, measure, and write ``report.json``, ``report.md`` and plots into ``cfg.out``."""
+    from eartalk.core.data.synth import synthesize_dataset
+    from eartalk.core.engine.presets import PRESETS
+    from eartalk.metrics.probe import ProbeTraining, get_or_train_probe
+    from eartalk.recipes.train import load_trained
+
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    resolution = PRESETS[cfg.preset].resolution
+    start_all = time.perf_counter()
+
+    probe_path = Path(cfg.probe) if cfg.probe else out / "probe.pt"
+    probe, probe_info = get_or_train_probe(
+        probe_path, ProbeTraining(identities=cfg.probe_identities, epochs=cfg.probe_epochs, seed=cfg.seed + 17),
+        heldout=4, progress=cfg.progress)
+
+    data = synthesize_dataset(out / "data", clips=cfg.clips, seconds=cfg.seconds, resolution=resolution, seed=cfg.seed,
+                              progress=cfg.progress)
+    heldout_root = synthesize_dataset(out / "heldout", clips=cfg.heldout, seconds=cfg.eval_frames / VIDEO_FPS,
+                                      resolution=resolution, seed=cfg.seed + 1000,
+                                      emotion_segments=max(2, cfg.eval_frames // 250), progress=cfg.progress)
+
+    minutes: dict[str, float] = {}
+    if cfg.vae_checkpoint:
+        vae = Path(cfg.vae_checkpoint)
+        minutes["vae"] = 0.0
+    else:
+        t0 = time.perf_counter()
+        vae = train_vae(data, out / "vae", cfg.preset, cfg.vae_steps, cfg.seed, cfg.progress)
+        minutes["vae"] = (time.perf_counter() - t0) / 60
+    if cfg.checkpoint:
+        main_ckpt = Path(cfg.checkpoint)
+        minutes["model"] = 0.0
+    else:
+        t0 = time.perf_counter()
+        main_ckpt = train_model(data, out / "model", cfg.preset, vae, cfg.steps, cfg.seed, cfg.progress, batch_size=cfg.batch_size)
+        minutes["model"] = (time.perf_counter() - t0) / 60
+    checkpoints = {"vae": str(vae), "model": str(main_ckpt)}
+    ablation_ckpts: dict[str, tuple[Path, float]] = {}
+    for name in cfg.ablations:
+        if name in cfg.ablation_checkpoints:
+            ablation_ckpts[name] = (Path(cfg.ablation_checkpoints[name]), 0.0)
+        elif name == "sink" and cfg.ablation_steps == cfg.steps:
+            ablation_ckpts[name] = (main_ckpt, minutes["model"])
+        else:
+            t0 = time.perf_counter()
+            path = train_model(data, out / f"ablation_{name}", cfg.preset, vae, cfg.ablation_steps, cfg.seed,
+                               cfg.progress, arch=ABLATIONS[name], batch_size=cfg.batch_size)
+            ablation_ckpts[name] = (path, (time.perf_counter() - t0) / 60)
+        checkpoints[f"ablation_{name}"] = str(ablation_ckpts[name][0])
+    minutes["ablations"] = sum(m for p, m in ablation_ckpts.values() if p != main_ckpt)
+
+    model = load_trained(main_ckpt)
+    items = load_heldout(heldout_root, model.stack, cfg.eval_frames)
+    frames = cfg.eval_frames
+    main = measure(model, items, probe, frames, "main model", cfg.seed, cfg.progress)
+    main["fps"] = single_stream_fps(model, items[0])
+    main["train_minutes"] = minutes["vae"] + minutes["model"]
+    floor = vae_floor(model, items, frames)
+    curves = {"main": main}
+    ablations = {}
+    for name, (path, mins) in ablation_ckpts.items():
+        if path == main_ckpt:
+            res = dict(main)
+        else:
+            variant = load_trained(path)
+            res = measure(variant, items, probe, frames, f"ablation {name}", cfg.seed, cfg.progress)
+            res["fps"] = single_stream_fps(variant, items[0])
+            curves[name] = res
+        res["train_minutes"] = minutes["vae"] + mins
+        ablations[name] = res
+    untrained = None
+    if cfg.untrained:
+        untrained = measure(untrained_model(main_ckpt), items, probe, frames, "untrained model", cfg.seed, cfg.progress)
+        curves["untrained"] = untrained
+    files = {"report_json": str(out / "report.json"), "report_md": str(out / "report.md")}
+    for i, path in enumerate(_plots(out, curves, main, items, probe, floor)):
+        files[f"plot_{i}"] = path
+    for run in ("vae", "model", *(f"ablation_{n}" for n in ablation_ckpts)):
+        if (out / run / "loss.png").is_file():
+            files[f"loss_{run}"] = str(out / run / "loss.png")
+
+    report: dict[str, Any] = {
+        **{k: v for k, v in _clean(main).items() if k != "curves"},
+        **floor,
+        "fidelity": "proxy (synthetic probe on synthetic faces; not a paper metric)",
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "threads": cfg.threads,
+        "budget": {"clips": cfg.clips, "seconds": cfg.seconds, "resolution": resolution, "preset": cfg.preset,
+                   "vae_steps": cfg.vae_steps if not cfg.vae_checkpoint else "checkpoint",
+                   "steps": cfg.steps if not cfg.checkpoint else "checkpoint", "ablation_steps": cfg.ablation_steps,
+                   "batch_size": cfg.batch_size, "vae_minutes": minutes["vae"], "model_minutes": minutes["model"],
+                   "ablation_minutes": minutes["ablations"],
+                   "total_minutes": minutes["vae"] + minutes["model"] + minutes["ablations"]},
+        "ablations": {n: {k: v for k, v in _clean(r).items() if k != "curves"} for n, r in ablations.items()},
+        "untrained": {k: v for k, v in _clean(untrained).items() if k != "curves"} if untrained else None,
+        "curves": {n: r["curves"] for n, r in curves.items()},
+        "probe": {"path": str(probe_path), **probe_info},
+        "checkpoints": checkpoints,
+        "files": files,
+        "config": attrs.asdict(cfg),
+        "study_minutes": (time.perf_counter() - start_all) / 60,
+    }
+    write_markdown(out / "report.md", report)
+    report = _nan_to_none(report)
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# command
+# ---------------------------------------------------------------------------------------------
+def _parse_pairs(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise InputError(f"--ablation-checkpoint {item!r}: expected NAME=PATH, e.g. no_sink=runs/x/last.ckpt")
+        out[name] = path
+    return out
+
+
+class StudyCommand(Command):
+    name = "study"
+    help = "train and measure: drift over long clips, control fidelity (synthetic probe), lip-sync, cost, SFA ablations"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        d = StudyConfig()
+        parser.add_argument("--out", default=d.out, help="output folder (report.md, report.json, plots, runs)")
+        parser.add_argument("--quick", action="store_true", help="tiny sizes and short clips: a few minutes (CI)")
+        parser.add_argument("--preset", default=d.preset, choices=["tiny", "small"])
+        parser.add_argument("--clips", type=int, help=f"synthetic training identities (default {d.clips})")
+        parser.add_argument("--seconds", type=float, help=f"seconds per training clip (default {d.seconds})")
+        parser.add_argument("--vae-steps", type=int, help=f"VAE training steps (default {d.vae_steps})")
+        parser.add_argument("--steps", type=int, help=f"main model training steps (default {d.steps})")
+        parser.add_argument("--ablation-steps", type=int, help=f"steps of every ablation variant (default {d.ablation_steps})")
+        parser.add_argument("--ablations", help=f"comma-separated variants (default {','.join(d.ablations)}; '' for none)")
+        parser.add_argument("--heldout", type=int, help=f"held-out identities (default {d.heldout})")
+        parser.add_argument("--eval-frames", type=int, help=f"frames streamed per identity (default {d.eval_frames})")
+        parser.add_argument("--no-untrained", action="store_true", help="skip the untrained-model measurement")
+        parser.add_argument("--vae-checkpoint", help="use this VAE instead of training one")
+        parser.add_argument("--checkpoint", help="use this main model (needs --vae-checkpoint)")
+        parser.add_argument("--ablation-checkpoint", action="append", default=[], metavar="NAME=PATH",
+                            help="use this checkpoint for an ablation variant")
+        parser.add_argument("--probe", help="synthetic probe file (trained and saved there when missing; default OUT/probe.pt)")
+        parser.add_argument("--threads", type=int, default=d.threads, help="torch threads")
+        parser.add_argument("--seed", type=int, default=d.seed)
+        parser.add_argument("--json", action="store_true", help="print the headline figures as JSON")
+
+    def run(self, args: argparse.Namespace) -> int:
+        fields = {"preset": args.preset, "threads": args.threads, "seed": args.seed, "vae_checkpoint": args.vae_checkpoint,
+                  "checkpoint": args.checkpoint, "ablation_checkpoints": _parse_pairs(args.ablation_checkpoint),
+                  "probe": args.probe, "untrained": not args.no_untrained}
+        for key in ("clips", "seconds", "vae_steps", "steps", "ablation_steps", "heldout", "eval_frames"):
+            if getattr(args, key) is not None:
+                fields[key] = getattr(args, key)
+        if args.ablations is not None:
+            fields["ablations"] = tuple(a.strip() for a in args.ablations.split(",") if a.strip())
+        cfg = quick_config(args.out, **fields) if args.quick else StudyConfig(out=args.out, **fields)
+        report = run_study(cfg)
+        headline = {k: report.get(k) for k in REPORT_KEYS}
+        if args.json:
+            print(json.dumps(headline, indent=2))
+        else:
+            for key, value in headline.items():
+                print(f"{key}: {_fmt(value) if value is not None else 'n/a'}")
+            print(f"report: {report['files']['report_md']}  (json: {report['files']['report_json']})")
+        return 0
+
+
+__all__ = ["ABLATIONS", "REPORT_KEYS", "StudyCommand", "StudyConfig", "measure", "quick_config", "run_study"]

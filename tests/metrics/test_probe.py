@@ -1,0 +1,116 @@
+"""Synthetic probe: it learns to read controls from rendered frames of unseen identities, its
+files round-trip, its error maths is right, and its metric plugins are proxies that see errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from eartalk.core.errors import InputError, WeightsNotFoundError
+from eartalk.metrics.base import Video, VideoSet
+from eartalk.metrics.probe import (
+    PROBE_METRICS,
+    ProbeBlink,
+    ProbeHeadPose,
+    ProbeMouth,
+    ProbeOptions,
+    ProbeTraining,
+    SyntheticProbe,
+    evaluate_probe,
+    heldout_clips,
+    load_probe,
+    reading_errors,
+    save_probe,
+    train_probe,
+)
+
+
+@pytest.fixture(scope="module")
+def small_probe() -> tuple[SyntheticProbe, dict]:
+    """A probe trained for ~15 s: enough for pose and mouth, not for blink and emotion."""
+    return train_probe(ProbeTraining(identities=24, frames_per_identity=32, epochs=4, seed=5), progress=False)
+
+
+@pytest.fixture(scope="module")
+def probe_file(small_probe, tmp_path_factory) -> Path:
+    return save_probe(small_probe[0], tmp_path_factory.mktemp("probe") / "probe.pt", {"heldout_accuracy": {"x": 1.0}})
+
+
+def test_probe_training_lowers_loss_and_reads_unseen_identities_better_than_chance(small_probe) -> None:
+    probe, log = small_probe
+    assert log["loss_last"] < 0.75 * log["loss_first"], log
+    acc = evaluate_probe(probe, heldout_clips(3, 2.0, seed=4242))  # identities the probe never saw
+    assert acc["identities"] == 3 and acc["frames"] == 150
+    assert acc["yaw_mae_deg"] < 0.6 * acc["chance_yaw_mae_deg"], acc
+    assert acc["mouth_corr"] > 0.5, acc
+
+
+@pytest.mark.slow
+def test_default_probe_reads_every_control_better_than_chance() -> None:
+    probe, _ = train_probe(ProbeTraining(), progress=False)
+    acc = evaluate_probe(probe, heldout_clips(6, 4.0))
+    assert acc["yaw_mae_deg"] < 0.5 * acc["chance_yaw_mae_deg"], acc
+    assert acc["blink_f1"] > max(0.5, acc["chance_blink_f1"]), acc
+    assert acc["emotion_accuracy"] > 2 * acc["chance_emotion_accuracy"], acc
+    assert acc["mouth_corr"] > 0.8, acc
+
+
+def test_reading_errors_maths() -> None:
+    t = 40
+    rng = np.random.default_rng(0)
+    truth = {"head_pose": rng.uniform(-20, 20, (t, 6)), "blink": (rng.random((t, 2)) > 0.8).astype(float),
+             "gaze": rng.uniform(-1, 1, (t, 4)), "mouth": rng.random(t), "emotion": rng.integers(0, 8, t).astype(float)}
+    perfect = {"head_pose": truth["head_pose"][:, :3], "blink": truth["blink"], "gaze": truth["gaze"],
+               "mouth": truth["mouth"] * 0.5 + 0.1, "emotion": truth["emotion"].astype(int)}
+    got = reading_errors(perfect, truth)
+    assert got["yaw_mae_deg"] == 0 and got["blink_f1"] == 1.0 and got["gaze_error"] == 0
+    assert got["mouth_corr"] == pytest.approx(1.0) and got["emotion_accuracy"] == 1.0
+    off = {**perfect, "head_pose": perfect["head_pose"] + np.array([3.0, -2.0, 0.0]),
+           "gaze": perfect["gaze"] + np.array([0.3, 0.4, 0.0, 0.0]), "mouth": -truth["mouth"],
+           "blink": 1 - truth["blink"], "emotion": (truth["emotion"].astype(int) + 1) % 8}
+    got = reading_errors(off, truth)
+    assert got["yaw_mae_deg"] == pytest.approx(3.0) and got["pitch_mae_deg"] == pytest.approx(2.0)
+    assert got["gaze_error"] == pytest.approx(0.25)  # 0.5 on the left eye, 0 on the right
+    assert got["mouth_corr"] == pytest.approx(-1.0) and got["blink_f1"] == 0.0 and got["emotion_accuracy"] == 0.0
+
+
+def test_probe_file_round_trip_and_clear_errors(small_probe, probe_file: Path, tmp_path: Path) -> None:
+    probe, _ = small_probe
+    loaded, info, file = load_probe(probe_file)
+    assert file == probe_file and info == {"heldout_accuracy": {"x": 1.0}}
+    frames = heldout_clips(1, 0.4, seed=77)[0].frames
+    assert np.allclose(loaded.read(frames)["head_pose"], probe.read(frames)["head_pose"], atol=1e-5)
+    with pytest.raises(WeightsNotFoundError, match="eartalk probe --out"):
+        load_probe(tmp_path / "missing.pt")
+    torch.save({"something": 1}, tmp_path / "other.pt")
+    with pytest.raises(InputError, match="not an eartalk synthetic probe"):
+        load_probe(tmp_path / "other.pt")
+    with pytest.raises(InputError, match=r"\(T, 3, H, W\)"):
+        probe.read(frames[0])
+
+
+def test_probe_metrics_are_registered_proxies_that_see_errors(probe_file: Path, monkeypatch) -> None:
+    from eartalk.core.registry import get_registry
+
+    names = set(get_registry().names("metric"))
+    assert {m.name for m in PROBE_METRICS} <= names
+    assert all(m.fidelity == "proxy" and not m.name.startswith(("sync", "fid", "fvd")) for m in PROBE_METRICS)
+    clip = heldout_clips(1, 3.0, seed=99)[0]
+    truth = VideoSet("truth", [Video(clip.frames, source="a.mp4")])
+    same = VideoSet("same", [Video(clip.frames.clone(), source="a.mp4")])
+    static = VideoSet("static", [Video(clip.frames[:1].expand(clip.frames.shape[0], -1, -1, -1).clone(), source="a.mp4")])
+    options = ProbeOptions(weights=str(probe_file))
+    yaw = ProbeHeadPose(options)
+    assert yaw.compute(same, truth).value == pytest.approx(0.0, abs=1e-4)
+    still = yaw.compute(static, truth)
+    assert still.value > 3.0 and still.fidelity == "proxy"  # the head moves in the truth, not in the still
+    assert ProbeMouth(options).compute(static, truth).value == pytest.approx(0.0, abs=1e-6)
+    assert ProbeMouth(options).compute(same, truth).value == pytest.approx(1.0)
+    monkeypatch.delenv("EARTALK_PROBE_WEIGHTS", raising=False)
+    monkeypatch.setenv("EARTALK_WEIGHTS_DIR", str(probe_file.parent / "nowhere"))
+    monkeypatch.setenv("TORCH_HOME", str(probe_file.parent / "nowhere"))
+    skipped = ProbeBlink().compute(same, truth)
+    assert skipped.value is None and "eartalk probe --out" in skipped.skipped

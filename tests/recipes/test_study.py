@@ -1,0 +1,129 @@
+"""`eartalk study`: the streams it builds are the ones it claims, its measures are right, bad
+inputs fail clearly, and (slow) the quick study runs end to end with effects in the right direction."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from eartalk.core.errors import ConfigError, InputError
+from eartalk.recipes.study import (
+    REPORT_KEYS,
+    StudyConfig,
+    block_permutation,
+    closed_in_pauses,
+    per_frame_l1_psnr,
+    quick_config,
+    run_study,
+    stream_signals,
+    windows,
+    yaw_sweep,
+)
+
+
+def fake_item(frames: int = 60) -> dict:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "frames": torch.rand(frames, 3, 8, 8, generator=g) * 2 - 1,
+        "signals": {
+            "audio": torch.randn(frames, 5, generator=g),
+            "voice_activity": (torch.rand(frames, 1, generator=g) > 0.5).float(),
+            "head_pose": torch.randn(frames, 6, generator=g) * 10,
+            "blink": torch.rand(frames, 2, generator=g),
+            "emotion": torch.ones(frames, 2),
+        },
+    }
+
+
+def test_streams_change_only_what_they_claim() -> None:
+    item = fake_item()
+    drive = stream_signals(item, "drive")
+    assert all(torch.equal(drive[n], item["signals"][n]) for n in drive)
+    none = stream_signals(item, "nocontrol")
+    assert torch.equal(none["audio"], item["signals"]["audio"]) and torch.equal(none["voice_activity"], item["signals"]["voice_activity"])
+    assert all(torch.isnan(none[n]).all() for n in ("head_pose", "blink", "emotion"))
+    shuffled = stream_signals(item, "shuffled", seed=3)
+    assert not torch.equal(shuffled["audio"], item["signals"]["audio"])
+    assert torch.equal(shuffled["audio"].sort(0).values, item["signals"]["audio"].sort(0).values)  # same rows, moved
+    assert torch.equal(shuffled["head_pose"], item["signals"]["head_pose"])
+    sweep = stream_signals(item, "sweep")
+    assert torch.equal(sweep["head_pose"][:, 0], torch.from_numpy(yaw_sweep(60)))
+    assert (sweep["head_pose"][:, 1:3] == 0).all() and torch.equal(sweep["head_pose"][:, 3:], item["signals"]["head_pose"][:, 3:])
+    assert torch.equal(item["signals"]["head_pose"], fake_item()["signals"]["head_pose"]), "the item itself is untouched"
+    with pytest.raises(ValueError, match="unknown stream"):
+        stream_signals(item, "other")
+
+
+def test_block_permutation_moves_every_block_and_keeps_frames() -> None:
+    order = block_permutation(100, 25, seed=1)
+    assert sorted(order.tolist()) == list(range(100))
+    blocks = order.reshape(4, 25)
+    assert all((b == np.arange(b[0], b[0] + 25)).all() for b in blocks)  # whole blocks move
+    assert all(b[0] != 25 * i for i, b in enumerate(blocks))  # none stays in place
+    assert sorted(block_permutation(110, 25, seed=2).tolist()) == list(range(110))
+
+
+def test_sweep_covers_plus_minus_25_degrees() -> None:
+    s = yaw_sweep(200)
+    assert s.min() == pytest.approx(-25) and s.max() == pytest.approx(25)
+    assert s[0] == pytest.approx(-25) and s[50] == pytest.approx(25) and s[100] == pytest.approx(-25)
+
+
+def test_measures() -> None:
+    truth = torch.full((4, 3, 8, 8), 100, dtype=torch.uint8)
+    video = truth.clone()
+    video[2:] += 51  # 0.2 off on frames 2-3
+    l1, psnr = per_frame_l1_psnr(video, truth)
+    assert l1[:2].tolist() == [0, 0] and l1[2:] == pytest.approx([0.2, 0.2])
+    assert psnr[2] == pytest.approx(10 * np.log10(1 / 0.04))
+    early, late = windows(2000)
+    assert (early.start, early.stop, late.start, late.stop) == (1, 101, 1900, 2000)
+    early, late = windows(100)
+    assert (early.start, early.stop, late.start, late.stop) == (1, 11, 90, 100)
+    vad = np.array([0, 0, 0, 1, 1, 0])
+    opening = np.array([0, 0, 0, 0.5, 0.5, 0.3])
+    read = np.array([0.05, 0.5, 0.1, 0.6, 0.6, 0.0])
+    assert closed_in_pauses(read, vad, opening) == pytest.approx(2 / 3)  # frame 5 is not a closed pause
+
+
+def test_bad_study_inputs_fail_clearly(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown ablation"):
+        StudyConfig(ablations=("no_such",))
+    with pytest.raises(InputError, match="does not exist"):
+        StudyConfig(checkpoint=str(tmp_path / "none.ckpt"))
+    (tmp_path / "m.ckpt").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="needs --vae-checkpoint"):
+        StudyConfig(checkpoint=str(tmp_path / "m.ckpt"))
+    with pytest.raises(ConfigError, match="eval_frames"):
+        StudyConfig(eval_frames=5)
+
+
+def test_study_command_is_registered() -> None:
+    from eartalk.core.registry import get_registry
+
+    assert "study" in get_registry().names("command")
+    assert "probe" in get_registry().names("command")
+
+
+@pytest.mark.slow
+def test_quick_study_trained_beats_untrained_and_audio_beats_shuffled(tmp_path: Path) -> None:
+    cfg = quick_config(tmp_path / "study", ablations=("sink", "no_sink"), progress=False)
+    report = run_study(cfg)
+    saved = json.loads((tmp_path / "study" / "report.json").read_text())
+    for key in REPORT_KEYS:
+        assert key in saved, key
+        for name in ("sink", "no_sink"):
+            assert key in saved["ablations"][name], (name, key)
+    assert (tmp_path / "study" / "report.md").read_text().count("|") > 20
+    for name in ("drift.png", "controls.png", "frames.png"):
+        assert (tmp_path / "study" / name).is_file()
+    untrained = report["untrained"]
+    assert report["l1_mean"] < untrained["l1_mean"], (report["l1_mean"], untrained["l1_mean"])
+    assert report["psnr_late_db"] > untrained["psnr_late_db"]
+    assert report["mouth_corr"] > report["mouth_corr_shuffled"], (report["mouth_corr"], report["mouth_corr_shuffled"])
+    assert report["train_minutes"] > 0 and report["fps"] > 0
+    assert report["budget"]["steps"] == cfg.steps and report["budget"]["ablation_steps"] == cfg.ablation_steps
