@@ -30,7 +30,8 @@ def main() -> int:
     def on_train_start(self):
         opt = self.trainer.optimizers[0]
         torch.save({"global_step": self.trainer.global_step, "optimizer": opt.state_dict(),
-                    "world_size": self.trainer.world_size}, REC / f"start.rank{rank()}.pt")
+                    "world_size": self.trainer.world_size, "initial_seed": torch.initial_seed(),
+                    "rng_state": torch.get_rng_state()}, REC / f"start.rank{rank()}.pt")
 
     MARDecoder.random_masks = recording
     EarTalkModule.on_train_start = on_train_start

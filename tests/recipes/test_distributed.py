@@ -48,6 +48,9 @@ def test_ddp_two_ranks_checkpoints_masks_and_resume(tmp_path: Path) -> None:
     rec = tmp_path / "rec1"
     starts = [torch.load(rec / f"start.rank{r}.pt", weights_only=False) for r in (0, 1)]
     assert [s["world_size"] for s in starts] == [2, 2]
+    # Per-rank random streams: seeded with seed + rank, so the generators differ before any batch is drawn.
+    assert [s["initial_seed"] for s in starts] == [0, 1]
+    assert not torch.equal(starts[0]["rng_state"], starts[1]["rng_state"])
     masks = [torch.load(rec / f"masks.rank{r}.pt") for r in (0, 1)]
     assert len(masks[0]) == len(masks[1]) == 6
     assert all(not torch.equal(a, b) for a, b in zip(*masks, strict=True))
