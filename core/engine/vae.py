@@ -4,7 +4,8 @@
 * Every temporal kernel looks only backwards: a :class:`CausalConv3d` pads the past with the
   first frame (whole clip) or with the frames it saw last (streaming cache), never the future.
 * Group norms are per frame (statistics over channels and space only), so no layer mixes in
-  future frames either. Hence streaming ``encode_step`` / ``decode_step`` with a
+  future frames either. Every group holds at least 4 channels (:func:`_groups`): a one-channel
+  group would remove each frame's mean colour. Hence streaming ``encode_step`` / ``decode_step`` with a
   :data:`TemporalCache` give exactly what the whole clip gives.
 * Latents are normalised per channel with ``latent_mean`` / ``latent_std`` buffers stored with the
   weights; :meth:`FrameVAE.fit_latent_stats` fits them on data.
@@ -27,9 +28,16 @@ from torch import nn
 TemporalCache = dict
 
 
-def _groups(channels: int) -> int:
+def _groups(channels: int, min_per_group: int = 4) -> int:
+    """Groups of a :class:`FrameGroupNorm`: at most 8, each of at least ``min_per_group`` channels.
+
+    A group of one channel normalises that channel's spatial mean away in every frame; before the
+    output convolution that removes each frame's mean colour (the old 8-channel, 8-group norm made
+    backgrounds come out in the wrong colour). With several channels per group the mean colour
+    survives as the pattern across the group's channels.
+    """
     for g in (8, 4, 2):
-        if channels % g == 0:
+        if channels % g == 0 and channels // g >= min_per_group:
             return g
     return 1
 

@@ -72,6 +72,49 @@ def test_dropout_whole_clips_and_spans() -> None:
     assert present["toy"].all(), "the input masks are not modified"
 
 
+def test_joint_dropout_trains_every_cfg_branch_at_its_rate() -> None:
+    """The all-null stack and the audio-only (``keep``) stack each occur on their configured share of
+    clips, on whole clips, on top of the per-plugin dropout (here off)."""
+    off = DropoutSpec(clip=0.0, span=0.0)
+    stack = ConditionStack([ToyCondition(8), ToyAudio(8)], [off, off])
+    n = 20000  # binomial std of a 0.1 rate: 0.002; the tolerance is 5 std
+    present = {"toy": torch.ones(n, 6, dtype=torch.bool), "toy_audio": torch.ones(n, 6, dtype=torch.bool)}
+    for null_prob, keep_prob in ((0.1, 0.1), (0.25, 0.05)):
+        out = stack.drop(present, torch.Generator().manual_seed(1), null_prob=null_prob, keep_prob=keep_prob, keep=("toy_audio",))
+        toy, audio = out["toy"], out["toy_audio"]
+        for mask in (toy, audio):
+            assert (mask.all(1) | (~mask).all(1)).all(), "joint dropout acts on whole clips"
+        all_null = (~toy[:, 0] & ~audio[:, 0]).float().mean().item()
+        audio_only = (~toy[:, 0] & audio[:, 0]).float().mean().item()
+        full = (toy[:, 0] & audio[:, 0]).float().mean().item()
+        assert abs(all_null - null_prob) < 0.01, (null_prob, all_null)
+        assert abs(audio_only - keep_prob) < 0.01, (keep_prob, audio_only)
+        assert abs(full - (1 - null_prob - keep_prob)) < 0.012
+        assert not (toy[:, 0] & ~audio[:, 0]).any(), "without per-plugin dropout no clip keeps toy alone"
+    # no joint rates: no clip loses both (per-plugin dropout off), as before
+    plain = stack.drop(present, torch.Generator().manual_seed(1))
+    assert plain["toy"].all() and plain["toy_audio"].all()
+    # keep names outside the stack are ignored: the keep branch is then all-null too
+    out = stack.drop(present, torch.Generator().manual_seed(2), null_prob=0.1, keep_prob=0.1, keep=("audio",))
+    rate = (~out["toy"][:, 0] & ~out["toy_audio"][:, 0]).float().mean().item()
+    assert abs(rate - 0.2) < 0.012
+    with pytest.raises(ValueError, match="null_prob"):
+        stack.drop(present, null_prob=0.7, keep_prob=0.5)
+
+
+def test_per_plugin_dropout_alone_almost_never_gives_the_null_stack() -> None:
+    """Why the joint dropout exists: independent 0.1 clip dropout of 2 plugins gives the all-null
+    stack on ~1 % of clips only (7 plugins: 1e-7)."""
+    stack = ConditionStack([ToyCondition(8), ToyAudio(8)], [DropoutSpec(0.1, 0.0), DropoutSpec(0.1, 0.0)])
+    present = {n: torch.ones(20000, 4, dtype=torch.bool) for n in ("toy", "toy_audio")}
+    out = stack.drop(present, torch.Generator().manual_seed(0))
+    rate = (~out["toy"][:, 0] & ~out["toy_audio"][:, 0]).float().mean().item()
+    assert rate < 0.02
+    out = stack.drop(present, torch.Generator().manual_seed(0), null_prob=0.1)
+    rate = (~out["toy"][:, 0] & ~out["toy_audio"][:, 0]).float().mean().item()
+    assert abs(rate - (0.1 + 0.9 * 0.01)) < 0.01
+
+
 def test_dropout_spec_validates() -> None:
     with pytest.raises(ValueError):
         DropoutSpec(clip=1.5)

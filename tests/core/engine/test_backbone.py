@@ -5,17 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eartalk.core.engine.backbone import Backbone, block_mask
+from eartalk.core.engine.backbone import Backbone
 
 N, K, C_TOK, GRID = 4, 2, 6, 2
 
 
-def make_backbone(depth: int = 2, window: int = 3, period: int = 8, seed: int = 0) -> Backbone:
+def make_backbone(depth: int = 2, window: int = 3, period: int = 8, seed: int = 0, **kw) -> Backbone:
     """A small backbone with random adaLN weights (zero-init gates would make every block the identity)."""
     torch.manual_seed(seed)
     bb = Backbone(
         token_dim=C_TOK, num_tokens=N, grid=GRID, num_slots=K, cond_dim=16, width=32, heads=4, depth=depth,
-        identity_dim=8, window=window, period=period, context_noise=0.0,
+        identity_dim=8, window=window, period=period, context_noise=kw.pop("context_noise", 0.0), **kw,
     )
     for blk in bb.blocks:
         torch.nn.init.normal_(blk.ada[1].weight, std=0.3)
@@ -32,12 +32,26 @@ def inputs(frames: int, batch: int = 1, seed: int = 1):
     return ref, cond, prev
 
 
-def test_block_mask_matches_the_rule():
-    blocks = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5])
-    mask = block_mask(blocks, blocks, window=3)
-    for i, t in enumerate(blocks.tolist()):
-        for j, s in enumerate(blocks.tolist()):
-            assert bool(mask[i, j]) == (s == 0 or t - 3 < s <= t), (t, s)
+@pytest.mark.parametrize("adaln_identity", [True, False])
+@pytest.mark.parametrize("sink_attention", [True, False])
+def test_sink_ablations_reach_the_output_exactly_as_switched(sink_attention, adaln_identity):
+    """The reference reaches frame blocks through the sink attention and through adaLN, and only
+    through the switched-on ones: with both off the frame blocks do not depend on it at all."""
+    bb = make_backbone(depth=2, window=3, sink_attention=sink_attention, adaln_identity=adaln_identity)
+    ref, cond, prev = inputs(frames=5)
+    with torch.no_grad():
+        base = bb(ref, cond, prev)
+        moved = bb(ref + 1.0, cond, prev)
+        mods_moved = not torch.allclose(bb.modulations(bb.identity(ref))[0], bb.modulations(bb.identity(ref + 1.0))[0])
+    assert mods_moved == adaln_identity
+    changed = not torch.allclose(moved, base, atol=1e-12)
+    assert changed == (sink_attention or adaln_identity)
+    if not adaln_identity:
+        assert not hasattr(bb, "id_in") and bb.id_const.requires_grad  # the constant is learned
+    # sink attention only: one layer, only the sink tokens reach the frame outputs
+    one = make_backbone(depth=1, window=3, sink_attention=sink_attention, adaln_identity=False)
+    with torch.no_grad():
+        assert (not torch.allclose(one(ref + 1.0, cond, prev), one(ref, cond, prev), atol=1e-12)) == sink_attention
 
 
 def test_mask_one_layer_window_and_sink_only():
@@ -99,8 +113,9 @@ def test_mask_deep_receptive_field_is_bounded():
         assert torch.allclose(bb(ref, cond, prev2)[:, 4], base5)
 
 
-def test_kv_cache_streaming_equals_full_pass_with_eviction():
-    bb = make_backbone(depth=3, window=3)
+@pytest.mark.parametrize(("sink_attention", "adaln_identity"), [(True, True), (False, True), (True, False), (False, False)])
+def test_kv_cache_streaming_equals_full_pass_with_eviction(sink_attention, adaln_identity):
+    bb = make_backbone(depth=3, window=3, sink_attention=sink_attention, adaln_identity=adaln_identity)
     frames = 10  # > W: eviction happens from frame 4 on
     ref, cond, prev = inputs(frames=frames, batch=2)
     with torch.no_grad():
@@ -162,8 +177,7 @@ def test_adaln_zero_init_and_identity_modulation():
 
 
 def test_context_noise_only_in_training():
-    bb = make_backbone(depth=1)
-    bb.context_noise = 0.5
+    bb = make_backbone(depth=1, context_noise=0.5, context_noise_per="frame")
     ref, cond, prev = inputs(frames=3)
     with torch.no_grad():
         bb.eval()
@@ -173,6 +187,43 @@ def test_context_noise_only_in_training():
         assert not torch.allclose(noisy[:, 1:], prev[:, 1:])
         bb.train()
         assert not torch.allclose(bb(ref, cond, prev), bb(ref, cond, prev))
+        torch.testing.assert_close(bb(ref, cond, prev, noise=False), bb.eval()(ref, cond, prev))
+
+
+def test_context_noise_schedule_per_clip_and_per_frame():
+    """Per clip: one sigma ~ U(0, max) for all context frames of a clip (the reference stays clean
+    unless asked); per frame: a sigma per frame. The noise added has exactly that std."""
+    ref, cond, prev = inputs(frames=40, batch=400)
+    for per in ("clip", "frame"):
+        bb = make_backbone(depth=1, context_noise=0.8, context_noise_per=per)
+        noisy, sigma = bb.noise_context(prev, torch.Generator().manual_seed(0))
+        assert sigma.shape == (400, 40) and bool((sigma[:, 0] == 0).all())
+        assert float(sigma.max()) <= 0.8 and abs(float(sigma[:, 1:].mean()) - 0.4) < 0.02  # U(0, 0.8)
+        per_clip = bool((sigma[:, 1:] == sigma[:, 1:2]).all())
+        assert per_clip == (per == "clip")
+        unit = (noisy - prev)[:, 1:] / sigma[:, 1:, None, None]  # the added noise over its stated std
+        assert abs(float(unit.std()) - 1.0) < 0.01 and abs(float(unit.mean())) < 0.01
+        _, dirty = bb.noise_context(prev, torch.Generator().manual_seed(0), clean_first=False)
+        assert bool((dirty[:, 0] > 0).all())
+    with pytest.raises(ValueError, match="context_noise_per"):
+        make_backbone(context_noise_per="batch")
+
+
+def test_context_noise_level_embedding_tells_the_model_the_noise():
+    """With ``context_noise_embed`` the same noisy context gives another output at another stated
+    sigma; at sigma 0 (inference, streaming) it is the model without the embedding."""
+    bb = make_backbone(depth=1, context_noise_embed=True)
+    plain = make_backbone(depth=1)
+    with torch.no_grad():
+        bb.noise_embed.normal_()
+    ref, cond, prev = inputs(frames=3)
+    with torch.no_grad():
+        zero = bb.embed_blocks(cond, prev, torch.zeros(1, 3, dtype=prev.dtype))
+        torch.testing.assert_close(zero, plain.embed_blocks(cond, prev))
+        half = bb.embed_blocks(cond, prev, torch.full((1, 3), 0.5, dtype=prev.dtype))
+        assert not torch.allclose(half[:, :, K:], zero[:, :, K:])
+        torch.testing.assert_close(half[:, :, :K], zero[:, :, :K])  # condition slots untouched
+        assert plain.noise_embed is None
 
 
 def test_period_must_exceed_window():

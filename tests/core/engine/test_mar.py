@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from eartalk.core.engine.mar import Diffusion, MARDecoder, truncated_normal
-from eartalk.core.engine.presets import cosine_mask_len
 
 
 def make_decoder(**kw) -> MARDecoder:
@@ -76,20 +75,64 @@ def test_loss_is_only_on_masked_tokens():
 
 
 def test_sampling_decides_every_token_once_in_k_steps():
+    """Each of the K passes sees the tokens decided so far (a growing set, starting empty), every
+    token is decided at exactly one step, fewer early than late (cosine), and a decided token is
+    never rewritten: the tokens known at the last step appear unchanged in the result."""
     dec = make_decoder().eval()
-    calls = []
-    dec.head.x_in.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    seen = []  # (known mask, token values) of each context pass
+    original = dec.context
+    dec.context = lambda z, tokens, known: seen.append((known.clone(), tokens.clone())) or original(z, tokens, known)
     z = torch.randn(3, 16, 16)
     out = dec.sample(z, None, steps=4, denoise_steps=2, cfg=1.0, generator=torch.Generator().manual_seed(0))
-    assert out.shape == (3, 16, 8)
-    per_step = [c // 3 for c in calls[::2]]  # two denoising calls per unmasking step
-    assert len(calls) == 8 and sum(per_step) == 16
-    expected, known = [], 0
-    for k in range(4):
-        left = 0 if k == 3 else max(1, min(16 - known - 1, cosine_mask_len(16, k, 4)))
-        expected.append(16 - left - known)
-        known = 16 - left
-    assert per_step == expected
+    assert out.shape == (3, 16, 8) and len(seen) == 4
+    knowns = [k for k, _ in seen]
+    assert not knowns[0].any()
+    counts = [int(k[0].sum()) for k in knowns] + [16]
+    decided = [b - a for a, b in zip(counts, counts[1:], strict=False)]
+    assert all(d >= 1 for d in decided) and sum(decided) == 16 and decided == sorted(decided), decided
+    for before, after in zip(knowns, knowns[1:], strict=False):
+        assert bool((after | ~before).all()), "a known token became unknown"
+    last_known, last_tokens = seen[-1]
+    assert torch.equal(out[last_known], last_tokens[last_known]), "a decided token changed later"
+    assert not torch.equal(out[~last_known], torch.zeros_like(out[~last_known]))
+
+
+def test_decoder_context_never_sees_masked_ground_truth():
+    """In training the head's condition of a masked token must not depend on the true values of
+    the masked tokens (else it learns to copy them): change them, the conditions stay the same."""
+    dec = make_decoder(diffusion_batch_mul=2)
+    z, tokens = torch.randn(2, 16, 16), torch.randn(2, 16, 8)
+    mask = dec.random_masks(2, torch.Generator().manual_seed(4))
+    assert mask.any() and (~mask).any(), "pick a seed with known and masked tokens"
+    conds = []
+    dec.head.register_forward_hook(lambda m, args, out: conds.append(args[2].detach().clone()))
+    dec.loss(z, tokens, generator=torch.Generator().manual_seed(4))
+    changed = tokens.clone()
+    changed[mask] += 3.0  # masked tokens only
+    dec.loss(z, changed, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(conds[1], conds[0], rtol=0, atol=0)
+    # and the known tokens do reach the conditions (the test can see a dependence)
+    known_changed = tokens.clone()
+    known_changed[~mask] += 3.0
+    dec.loss(z, known_changed, generator=torch.Generator().manual_seed(4))
+    assert not torch.allclose(conds[2], conds[0])
+
+
+def test_cfg_extrapolates_from_the_null_branch_towards_the_condition():
+    """One MAR step, one DDIM step and no noise make a frame a linear function of the head's output,
+    so guidance must give ``null + s * (cond - null)`` of the two unguided results (a swap of cond
+    and null gives ``cond + s * (null - cond)`` and fails)."""
+    dec = make_decoder().eval()
+    g = torch.Generator().manual_seed(0)
+    for blk in dec.head.blocks:
+        torch.nn.init.normal_(blk.ada[1].weight, std=0.2, generator=g)
+    torch.nn.init.normal_(dec.head.out.weight, std=0.2, generator=g)
+    z, z_null = torch.randn(2, 16, 16, generator=g), torch.randn(2, 16, 16, generator=g)
+    run = lambda zc, zn, cfg: dec.sample(zc, zn, 1, 1, cfg, temperature=0.0, generator=torch.Generator().manual_seed(1))  # noqa: E731
+    cond, null = run(z, None, 1.0), run(z_null, None, 1.0)
+    assert not torch.allclose(cond, null)
+    for scale in (0.0, 2.0, 3.5):
+        torch.testing.assert_close(run(z, z_null, scale), null + scale * (cond - null), atol=1e-5, rtol=1e-5)
 
 
 def test_cfg_and_seed():

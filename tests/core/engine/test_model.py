@@ -7,6 +7,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from eartalk.conditions import ConditionStack
+from eartalk.conditions.stack import DropoutSpec
 from eartalk.conditions.testing import ToyAudio, ToyCondition
 from eartalk.core.engine.model import EarTalkModel, load_checkpoint, patchify, save_checkpoint, unpatchify
 from eartalk.core.engine.presets import get_arch
@@ -103,3 +104,156 @@ def test_analytic_frame_flops_match_a_flop_counter(toy_stack):
         measured = counter.get_total_flops()
         analytic = model.frame_flops(session.sampling)["total"]
         assert abs(analytic - measured) / measured < 0.02, (cfg, analytic, measured)
+
+
+# -- training matches inference: what each frame's context may and may not see -------------------
+#: Switches off: deterministic teacher forcing (no dropout, noise, rollout or mid-clip starts).
+PLAIN = dict(context_noise=0.0, drop_null_prob=0.0, drop_keep_prob=0.0, rollout_prob=0.0, mid_clip_prob=0.0)
+
+
+def activated(arch, stack, seed: int = 0) -> EarTalkModel:
+    """A model whose zero-initialised adaLN gates are random, so every input can reach z."""
+    torch.manual_seed(seed)
+    model = EarTalkModel(arch, stack)
+    with torch.no_grad():
+        for blk in model.backbone.blocks:
+            blk.ada[1].weight.normal_(0, 0.3)
+            blk.ada[1].bias.normal_(0, 0.3)
+        model.backbone.ada_out[1].weight.normal_(0, 0.3)
+        for blk in model.decoder.head.blocks:
+            blk.ada[1].weight.normal_(0, 0.2)
+        model.decoder.head.out.weight.normal_(0, 0.2)
+    for span in stack.layout:
+        stack.dropout[span.type_id] = DropoutSpec(0.0, 0.0)
+    return model
+
+
+def record_input(module: torch.nn.Module, store: dict, key: str, index: int) -> None:
+    """Keep positional input ``index`` of the first forward call of ``module`` as ``store[key]``."""
+
+    def hook(mod, args, kwargs):
+        store.setdefault(key, args[index].clone())
+
+    module.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def contexts(model: EarTalkModel, batch: dict, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The contexts z ``(B, T', N, D)`` and targets the training loss hands to the decoder."""
+    seen = {}
+    original = model.decoder.loss
+
+    def spy(z, tokens, generator=None):
+        seen["z"], seen["tokens"] = z.detach().clone(), tokens.detach().clone()
+        return original(z, tokens, generator)
+
+    model.decoder.loss = spy
+    torch.manual_seed(seed)
+    model.loss(batch)
+    del model.decoder.loss
+    b = batch["frames"].shape[0]
+    return seen["z"].unflatten(0, (b, -1)), seen["tokens"].unflatten(0, (b, -1))
+
+
+@pytest.mark.parametrize(
+    "switches",
+    [PLAIN, {**PLAIN, "rollout_prob": 1.0}, {**PLAIN, "rollout_prob": 1.0, "rollout_mode": "parallel"},
+     {**PLAIN, "mid_clip_prob": 1.0}, {**PLAIN, "rollout_prob": 1.0, "mid_clip_prob": 1.0}],
+    ids=["teacher_forcing", "rollout_stream", "rollout_parallel", "mid_clip", "rollout_mid_clip"],
+)
+def test_a_frame_never_sees_its_own_target_and_sees_its_own_slots(toy_stack, switches):
+    """Frame k's context z_k is unchanged when frame k (its target) changes, and changes when frame
+    k's condition slots change, while no earlier context does: catches ``prev = tokens`` (target in
+    its own block) and a one-frame shift of the condition slots, in every training mode."""
+    model = activated(get_arch("tiny", **switches), toy_stack).train()
+    batch = smooth_batch(batch=2, frames=6)
+    model.vae.fit_latent_stats([batch["frames"]])
+    z, targets = contexts(model, batch)
+    shift = 1 if switches["mid_clip_prob"] else 0  # mid-clip: frame 0 is context only, z[i] is frame i + 1
+    assert z.shape[1] == 6 - shift
+    k = 3
+    frames = batch["frames"].clone()
+    frames[:, k] = -frames[:, k]
+    z_f, targets_f = contexts(model, {**batch, "frames": frames})
+    i = k - shift
+    assert not torch.allclose(targets_f[:, i], targets[:, i]), "the target of frame k did change"
+    torch.testing.assert_close(z_f[:, : i + 1], z[:, : i + 1], rtol=0, atol=0)  # frames <= k: not their targets
+    if not switches["rollout_prob"]:
+        assert not torch.allclose(z_f[:, i + 1], z[:, i + 1])  # frame k + 1 sees frame k
+    elif switches.get("rollout_mode") == "parallel":  # frame k + 2 sees the sample of frame k + 1 made from frame k
+        assert not torch.allclose(z_f[:, i + 2], z[:, i + 2])
+    signals = {n: v.clone() for n, v in batch["signals"].items()}
+    signals["toy"][:, k] += 2.0
+    z_s, _ = contexts(model, {**batch, "signals": signals})
+    torch.testing.assert_close(z_s[:, :i], z[:, :i], rtol=0, atol=0)  # earlier frames: untouched
+    assert not torch.allclose(z_s[:, i], z[:, i])  # frame k: its own slots
+
+
+def test_rollout_context_is_the_model_own_stream(toy_stack, reference_frames=None):
+    """rollout_prob=1, stream: the context of frame t is exactly what a StreamingSession with the
+    rollout's sampling (K, D, cfg) generates at frame t - 1; the targets stay the true frames."""
+    arch = get_arch("tiny", **{**PLAIN, "rollout_prob": 1.0, "rollout_steps": 2, "rollout_denoise_steps": 3})
+    model = activated(arch, toy_stack).train()
+    batch = smooth_batch(batch=1, frames=6)
+    model.vae.fit_latent_stats([batch["frames"]])
+    seen = {}
+    record_input(model.backbone, seen, "prev", 2)
+    _, targets = contexts(model, batch)
+    torch.testing.assert_close(targets, model.encode_tokens(batch["frames"]), rtol=0, atol=0)
+    model.eval()
+    session = model.session(batch["reference"][0], steps=2, denoise_steps=3, cfg=1.0, seed=0)
+    rows = [session.step({"toy": batch["signals"]["toy"][0, i]}).latents for i in range(5)]
+    streamed = patchify(torch.stack(rows, dim=1), 2)  # (1, 5, N, c)
+    ref_tokens = model.encode_tokens(batch["reference"][:, None])[:, 0]
+    torch.testing.assert_close(seen["prev"][:, 0], ref_tokens)
+    # the rollout used the global RNG; rerun it with the session's generator to compare exactly
+    cond = model.stack({"toy": batch["signals"]["toy"]}, {"toy": torch.ones(1, 6, dtype=torch.bool)})
+    rolled = model.rollout_tokens(ref_tokens, cond, ref_tokens, mode="stream", generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(rolled[:, :5], streamed, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(rolled[:, :5], targets[:, :5], atol=0.1), "the rollout context is not the truth"
+
+
+def test_rollout_happens_at_its_rate_and_costs_no_gradients(toy_stack):
+    model = activated(get_arch("tiny", **{**PLAIN, "rollout_prob": 0.3}), toy_stack).train()
+    batch = smooth_batch(batch=1, frames=6)
+    calls = []
+    original = model.rollout_tokens
+
+    def counting(*args, **kw):
+        out = original(*args, **kw)
+        calls.append(out.requires_grad)
+        return out
+
+    model.rollout_tokens = counting
+    torch.manual_seed(0)
+    n = 150
+    for _ in range(n):
+        model.loss(batch)["loss"].backward()
+    assert abs(len(calls) / n - 0.3) < 0.11, len(calls)  # binomial std 0.037
+    assert not any(calls)
+    model.eval()
+    calls.clear()
+    model.loss(batch)
+    assert not calls, "no rollout in eval mode"
+
+
+def test_joint_dropout_reaches_the_backbone_at_its_rates(toy_stack):
+    """The all-null and the keep-only (``drop_keep``) stacks reach the backbone on their shares of clips."""
+    arch = get_arch("tiny", **{**PLAIN, "drop_null_prob": 0.2, "drop_keep_prob": 0.3, "drop_keep": ("toy_audio",)})
+    model = activated(arch, toy_stack).train()
+    b = 600
+    batch = {
+        "frames": torch.zeros(b, 2, 3, 64, 64), "reference": torch.zeros(b, 3, 64, 64),
+        "signals": {"toy": torch.randn(b, 2, 3), "toy_audio": torch.randn(b, 2, 4)},
+    }
+    model.encode_tokens = lambda frames: torch.zeros(*frames.shape[:2], 16, 32)  # the VAE plays no part here
+    seen = {}
+    record_input(model.backbone, seen, "cond", 1)
+    torch.manual_seed(0)
+    model.loss(batch)
+    cond = seen["cond"]  # (B, T, K, D)
+    null = model.stack.null_tokens(1, 1)[0, 0]  # (K, D)
+    is_null = (cond - null).abs().amax(-1).eq(0)  # (B, T, K)
+    toy_null, audio_null = is_null[:, :, 0].all(1), is_null[:, :, 1:].all(-1).all(1)
+    assert abs((toy_null & audio_null).float().mean().item() - 0.2) < 0.06  # binomial std 0.016
+    assert abs((toy_null & ~audio_null).float().mean().item() - 0.3) < 0.06
+    assert not (~toy_null & audio_null).any()
