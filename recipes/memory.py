@@ -222,3 +222,51 @@ def _vae_workspace(arch: Any, clips: int, frames: int, act_bytes: int) -> float:
 def fits(estimate: dict[str, Any], gib: float = 80 * 1e9 / GIB) -> bool:
     """True when the estimate fits a card of ``gib`` GiB (80 GB = 74.5 GiB)."""
     return estimate["total_gib"] <= gib
+
+
+def estimate_for_config(config: Any, source: str = "<config>") -> dict[str, Any]:
+    """:func:`estimate_memory` for a ``train`` recipe config (what ``eartalk train --dry-run`` prints)."""
+    from eartalk.recipes.config import arch_from
+    from eartalk.recipes.strategy import parse_devices
+
+    arch = arch_from(config.model, source)
+    trainer = config.trainer
+    devices = parse_devices(trainer.devices)
+    count = len(devices) if isinstance(devices, list) else (devices if isinstance(devices, int) and devices > 0 else 1)
+    data_latents = bool(getattr(config.data, "latents", False))
+    return estimate_memory(
+        arch,
+        (config.data.batch_size, config.data.clip_frames),
+        trainer.precision,
+        str(trainer.strategy),
+        bool(trainer.activation_checkpointing),
+        count * int(trainer.num_nodes),
+        conditions=tuple(spec.name for spec in config.conditions),
+        ema=float(trainer.ema_decay) > 0,
+        latents=data_latents,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m eartalk.recipes.memory CONFIG [key=value ...]``: print the estimate as JSON."""
+    import json
+    import sys
+
+    from eartalk.core.config import apply_overrides, load_yaml, structure
+    from eartalk.recipes.train import TrainConfig
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args:
+        print("usage: python -m eartalk.recipes.memory CONFIG.yaml [key=value ...]", file=sys.stderr)
+        return 2
+    data = load_yaml(args[0])
+    data.pop("recipe", None)
+    config = structure(apply_overrides(data, args[1:], TrainConfig), TrainConfig, source=args[0])
+    estimate = estimate_for_config(config, args[0])
+    estimate["fits_80gb"] = fits(estimate)
+    print(json.dumps(estimate, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -5,7 +5,7 @@
 * ``auto`` / ``ddp`` / ``ddp_spawn`` / ...: handed to Lightning as the string it is (DDP replicates
   the model and all-reduces gradients; data is sharded by Lightning's distributed sampler);
 * ``fsdp``: Lightning's :class:`~lightning.pytorch.strategies.FSDPStrategy` with one wrap unit per
-  transformer block (backbone blocks and MAR decoder blocks), the frozen frame VAE kept out of the
+  transformer block (backbone blocks, MAR decoder blocks and diffusion-head residual blocks), the frozen frame VAE kept out of the
   sharded units (FSDP ``ignored_modules``: every rank holds it whole, it has no gradients), and
   ``trainer.activation_checkpointing`` applied to the same blocks by Lightning.
 
@@ -37,11 +37,11 @@ except ImportError:  # pragma: no cover
 
 
 def block_classes() -> set[type]:
-    """The transformer block classes that are FSDP wrap units and activation-checkpointing units."""
+    """FSDP wrap units and activation-checkpointing units: backbone blocks, MAR decoder blocks, diffusion-head blocks."""
     from eartalk.core.engine.backbone import BackboneBlock
-    from eartalk.core.engine.mar import DecoderBlock
+    from eartalk.core.engine.mar import DecoderBlock, ResBlockMLP
 
-    return {BackboneBlock, DecoderBlock}
+    return {BackboneBlock, DecoderBlock, ResBlockMLP}
 
 
 def parse_devices(devices: Any) -> Any:
