@@ -12,7 +12,10 @@ here is what streams. Controls are given as ``NAME=VALUE[@START:STOP]``:
 from __future__ import annotations
 
 import json
+import logging
 import re
+import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,8 @@ import torch
 
 from eartalk.core.errors import InputError
 from eartalk.core.types import SAMPLES_PER_FRAME, VIDEO_FPS, to_model_range, to_uint8
+
+log = logging.getLogger(__name__)
 
 _CONTROL = re.compile(r"^(?P<name>[A-Za-z_][\w-]*)=(?P<value>.*?)(?:@(?P<start>\d*):(?P<stop>\d*))?$")
 
@@ -80,8 +85,15 @@ def run_session(
     audio_signals: dict[str, torch.Tensor] | None = None,
     sampling: dict[str, Any] | None = None,
     progress: bool = True,
+    progress_every: int = 25,
 ) -> torch.Tensor:
-    """Generate ``num_frames`` frames with a streaming session; returns uint8 ``(T, 3, R, R)``."""
+    """Generate ``num_frames`` frames with a streaming session; returns uint8 ``(T, 3, R, R)``.
+
+    Progress: a rich bar on a terminal; otherwise a log line every ``progress_every`` frames with
+    the frames done and the frame rate; the final frame rate at the end. Each control's meaning is
+    logged first (e.g. ``blink=off``: absent, the learned null token).
+    """
+    from rich.console import Console
     from rich.progress import Progress
 
     session = model.session(reference, **(sampling or {}))
@@ -92,13 +104,26 @@ def run_session(
             session.clear_control(edit.name, start=edit.start, stop=edit.stop)
         else:
             session.set_control(edit.name, edit.value, start=edit.start, stop=edit.stop)
+        if progress:  # say what each control does (e.g. what `blink=off` means)
+            log.info("control %s", model.stack.plugin(edit.name).explain(edit.value, edit.start, edit.stop))
     frames = []
-    with Progress(disable=not progress, transient=True) as bar:
+    interactive = progress and sys.stderr.isatty()
+    every = max(1, int(progress_every))
+    started = time.perf_counter()
+    with Progress(console=Console(stderr=True), disable=not interactive, transient=True) as bar:
         task = bar.add_task("generating frames", total=num_frames)
-        for _ in range(num_frames):
+        for t in range(num_frames):
             out = session.step()
             frames.append(to_uint8(out.pixels[0]))  # (3, R, R)
             bar.advance(task)
+            done = t + 1
+            if progress and not interactive and (done % every == 0 or done == num_frames):
+                elapsed = max(time.perf_counter() - started, 1e-9)
+                log.info("generated %d/%d frames (%.1f fps)", done, num_frames, done / elapsed)
+    elapsed = max(time.perf_counter() - started, 1e-9)
+    if progress:
+        log.info("generated %d frames in %.1f s: %.2f fps (real time is %d fps)", num_frames, elapsed,
+                 num_frames / elapsed, VIDEO_FPS)
     return torch.stack(frames)
 
 
