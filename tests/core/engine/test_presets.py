@@ -32,16 +32,45 @@ def test_backbone_plus_decoder_budget(name, low, high):
     assert counts["total"] == counts["vae"] + counts["backbone_decoder"] + counts["conditions"]
 
 
-def test_base_is_novas_layout():
-    arch = get_arch("base")
-    assert (arch.width, arch.heads, arch.depth, arch.decoder_depth, arch.resolution) == (1024, 16, 16, 32, 256)
-    assert arch.downsample == 8 and arch.num_tokens == 256 and arch.token_dim == 64
+@pytest.mark.parametrize("name", ["tiny", "small", "base"])
+def test_built_model_has_the_sizes_the_arch_promises(name):
+    """The derived sizes are what the built model really produces (on the meta device): frames of
+    side R encode to N tokens of width c, the backbone returns N contexts of width d per frame, and
+    the model has the preset's layer counts (base: NOVA's 16 + 32 layers at width 1024)."""
+    import torch
+
+    arch = get_arch(name)
+    with torch.device("meta"):
+        stack = ConditionStack([ToyCondition(arch.width)])
+    model = build_model(arch, stack, device="meta")
+    frames = torch.empty(1, 2, 3, arch.resolution, arch.resolution, device="meta")
+    tokens = model.encode_tokens(frames)
+    assert tuple(tokens.shape) == (1, 2, arch.num_tokens, arch.token_dim)
+    assert tuple(model.vae.encode(frames).shape) == (1, 2, arch.latent_channels, arch.latent_size, arch.latent_size)
+    cond = torch.empty(1, 2, stack.num_slots, arch.width, device="meta")
+    z = model.backbone(tokens[:, 0], cond, tokens)
+    assert tuple(z.shape) == (1, 2, arch.num_tokens, arch.width)
+    assert len(model.backbone.blocks) == arch.depth and len(model.decoder.blocks) == arch.decoder_depth
+    assert model.backbone.blocks[0].attn.qkv.in_features == arch.width
+    if name == "base":
+        assert (arch.width, arch.heads, arch.depth, arch.decoder_depth) == (1024, 16, 16, 32)
 
 
-def test_tiny_sizes():
+def test_training_switch_defaults_and_validation():
     arch = get_arch("tiny")
-    assert arch.resolution == 64 and arch.latent_size == 8 and arch.num_tokens == 16 and arch.token_dim == 32
-    assert arch.period > arch.window
+    assert (arch.drop_null_prob, arch.drop_keep_prob, arch.drop_keep) == (0.1, 0.1, ("audio",))
+    assert arch.sink_attention and arch.adaln_identity and arch.rollout_mode == "stream"
+    assert get_arch("tiny", drop_keep=["audio", "head_pose"]).drop_keep == ("audio", "head_pose")
+    for bad, match in (
+        ({"drop_null_prob": 0.7, "drop_keep_prob": 0.5}, "drop_null_prob \\+ drop_keep_prob"),
+        ({"rollout_prob": 1.5}, "rollout_prob must be in"),
+        ({"rollout_mode": "batch"}, "rollout_mode"),
+        ({"context_noise_per": "step"}, "context_noise_per"),
+        ({"rollout_steps": 0}, "rollout_steps"),
+        ({"context_noise": -1.0}, "context_noise must be"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            get_arch("tiny", **bad)
 
 
 def test_overrides_and_errors():

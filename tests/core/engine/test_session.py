@@ -101,13 +101,38 @@ def test_generate_is_the_streaming_loop(model, reference):
     assert torch.equal(torch.stack(frames, 1), video)
 
 
-def test_cache_and_recompute_agree_with_a_one_layer_backbone(toy_stack, reference):
-    """With depth 1 the kv-cache holds exactly what recomputing the window would give."""
+@pytest.mark.parametrize(("sink_attention", "adaln_identity"), [(True, True), (False, True), (True, False), (False, False)])
+def test_cache_and_recompute_agree_with_a_one_layer_backbone(toy_stack, reference, sink_attention, adaln_identity):
+    """With depth 1 the kv-cache holds exactly what recomputing the window would give (also under
+    the sink ablations: the session and the training pass share the switches)."""
     torch.manual_seed(0)
-    model = activate(EarTalkModel(get_arch("tiny", depth=1, window=2, period=4), toy_stack))
+    arch = get_arch("tiny", depth=1, window=2, period=4, sink_attention=sink_attention, adaln_identity=adaln_identity)
+    model = activate(EarTalkModel(arch, toy_stack))
     cached = run(model.session(reference, seed=2), 5)
     recomputed = run(model.session(reference, seed=2, use_cache=False), 5)
     torch.testing.assert_close(cached, recomputed, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("cfg_keep", [(), ("toy_audio",)])
+def test_session_guidance_pushes_from_the_null_branch_to_the_conditions(model, reference, cfg_keep):
+    """One MAR step, one DDIM step, no noise: frame 0 is linear in the head output, so the guided
+    frame must be ``null + s * (cond - null)`` of two unguided sessions: one with the controls, one
+    with only the ``cfg_keep`` controls (catches cond/null swapped in the session's batching)."""
+    toy, audio = torch.tensor([1.0, -1.0, 0.5]), torch.tensor([0.3, -0.7, 1.0, 0.2])
+    kw = dict(steps=1, denoise_steps=1, temperature=0.0, seed=0, cfg_keep=cfg_keep)
+
+    def first(cfg: float, keep_only: bool = False):
+        session = model.session(reference, cfg=cfg, **kw)
+        if not keep_only or "toy" in cfg_keep:
+            session.set_control("toy", toy)
+        if not keep_only or "toy_audio" in cfg_keep:
+            session.set_control("toy_audio", audio)
+        return session.step().latents
+
+    cond, null = first(1.0), first(1.0, keep_only=True)
+    assert not torch.allclose(cond, null)
+    for scale in (0.0, 3.0):
+        torch.testing.assert_close(first(scale), null + scale * (cond - null), atol=1e-4, rtol=1e-4)
 
 
 def test_bad_inputs_are_reported(model):
