@@ -110,12 +110,25 @@ class BenchCommand(Command):
         stream.add_argument("--denoise-steps", type=int, help="D, diffusion steps (default: the preset's)")
         stream.add_argument("--cfg", type=float, help="guidance scale (default: the preset's)")
         stream.add_argument("--seed", type=int, default=0)
+        # Other commands may add a benchmark here (e.g. `bench serve`): a registered command with a
+        # `bench_action` name, `bench_help`, and `add_bench_arguments(parser)` / `run_bench(args)`.
+        from eartalk.core.registry import get_registry
+
+        self.extensions = {}
+        for info in get_registry().infos("command"):
+            action = getattr(info.cls, "bench_action", None)
+            if action and action != "stream" and action not in self.extensions:
+                extension = info.cls()
+                extension.add_bench_arguments(sub.add_parser(action, help=getattr(info.cls, "bench_help", "")))
+                self.extensions[action] = extension
 
     def run(self, args: argparse.Namespace) -> int:
         import torch
 
         from eartalk.core.engine.bench import bench_stream
 
+        if args.action in getattr(self, "extensions", {}):
+            return int(self.extensions[args.action].run_bench(args) or 0)
         if args.threads:
             torch.set_num_threads(args.threads)
         kwargs = _arch_overrides(args.arch)
