@@ -37,10 +37,12 @@ class PrepareCommand(Command):
         parser.add_argument("--min-seconds", type=float, default=1.0,
                             help="drop a final chunk shorter than this (default 1)")
         parser.add_argument("--clips-per-shard", type=int, default=256, help="clips per shard folder (default 256)")
+        parser.add_argument("--shard", default=None, metavar="I/N",
+                            help="prepare only inputs I, I+N, I+2N... (job arrays; join with `eartalk merge`)")
         parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
     def run(self, args: argparse.Namespace) -> int:
-        from eartalk.core.data.prepare import prepare_dataset
+        from eartalk.core.data.prepare import parse_shard, prepare_dataset
 
         conditions = None
         if args.conditions is not None:
@@ -56,6 +58,7 @@ class PrepareCommand(Command):
             min_seconds=args.min_seconds,
             clips_per_shard=args.clips_per_shard,
             progress=not args.json,
+            shard=None if args.shard is None else parse_shard(args.shard),
         )
         if args.json:
             print_json({**report.to_dict(), "exit_code": report.exit_code})
@@ -98,8 +101,8 @@ class SynthCommand(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         from eartalk.core.data.dataset import read_manifest
-        from eartalk.core.errors import InputError
         from eartalk.core.data.synth import synthesize_dataset
+        from eartalk.core.errors import InputError
 
         if args.clips < 1 or args.seconds <= 0 or args.resolution < 16 or args.emotion_segments < 1:
             raise InputError("synth needs --clips >= 1, --seconds > 0, --resolution >= 16 and --emotion-segments >= 1")
@@ -113,6 +116,28 @@ class SynthCommand(Command):
         return 0
 
 
+class MergeCommand(Command):
+    """``eartalk merge SHARDS... --out DIR``: join the datasets of ``prepare --shard I/N`` jobs into one."""
+
+    name = "merge"
+    help = "merge shard datasets (from `eartalk prepare --shard I/N`) into one dataset"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("shards", nargs="+", type=Path, help="shard dataset folders")
+        parser.add_argument("--out", required=True, type=Path, help="new dataset folder (must not exist or be empty)")
+        parser.add_argument("--json", action="store_true", help="print a JSON summary")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from eartalk.core.data.prepare import merge_datasets
+
+        result = merge_datasets(args.shards, args.out)
+        if args.json:
+            print_json(result)
+        else:
+            print(f"{result['dataset']}: {result['clips']} clip(s) from {len(result['shards'])} shard(s)")
+        return 0
+
+
 @hookimpl
 def register_commands() -> list[type[Command]]:
-    return [PrepareCommand, SynthCommand]
+    return [PrepareCommand, SynthCommand, MergeCommand]

@@ -35,6 +35,7 @@ from eartalk.core.types import AUDIO_SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS, 
 log = logging.getLogger(__name__)
 
 SOURCES = "sources.jsonl"
+OPTIONS = "prepare.json"
 
 
 @attrs.define
@@ -107,6 +108,9 @@ class VideoChunks:
         self.origin: float | None = None  # seconds: stream time of output frame 0
         self.audio_start: float | None = None
         self.size: tuple[int, int] | None = None  # source (H, W)
+        self.expected_frames: int | None = None  # output frames the container's header promises
+        self.frames_out = 0  # output frames yielded
+        self.truncated: str | None = None  # why decoding stopped before the promised end (None: it did not)
 
     def __iter__(self) -> Iterator[tuple[int, torch.Tensor]]:
         """Yield ``(first frame index, frames (n, 3, H, W) uint8)``."""
@@ -141,6 +145,14 @@ class VideoChunks:
                 a = container.streams.audio[0]
                 self.audio_start = float(a.start_time * a.time_base)
             nominal = float(stream.average_rate) if stream.average_rate else self.fps
+            if stream.duration is not None and stream.time_base is not None:
+                promised = float(stream.duration * stream.time_base)
+            elif container.duration is not None:
+                promised = container.duration / 1e6
+            else:
+                promised = None
+            if promised is not None:
+                self.expected_frames = max(1, int(math.floor(promised * self.fps + 1e-6)))
             limit = math.inf if self.max_frames is None else self.max_frames
             previous: np.ndarray | None = None
             last_time: float | None = None
@@ -174,7 +186,7 @@ class VideoChunks:
             except av.error.FFmpegError as err:
                 if not decoded:
                     raise InputError(f"cannot decode video file {path}: {err}") from None
-                log.warning("video %s is truncated after %d frames (%s)", path, decoded, err)
+                self.truncated = f"decoding failed after {decoded} source frame(s): {err}"
             if previous is None and not buffer and k == 0:
                 raise InputError(f"video file {path} has no frames")
             if k < limit and previous is not None and last_time is not None and self.origin is not None:
@@ -185,6 +197,14 @@ class VideoChunks:
                     buffer.append(previous)
                     k += 1
             yield from flush(final=True)
+            self.frames_out = emitted
+            if self.expected_frames is not None and self.max_frames is not None:
+                self.expected_frames = min(self.expected_frames, self.max_frames)
+            if self.max_frames is not None and emitted >= self.max_frames:
+                self.truncated = None  # any failure lies past what was asked for
+            elif self.truncated is None and self.expected_frames is not None and emitted + 2 < self.expected_frames:
+                # The stream ended early without an error (a cut file): its header promised more.
+                self.truncated = f"the stream ends at {emitted / self.fps:.2f} s, its header says {self.expected_frames / self.fps:.2f} s"
         finally:
             container.close()
 
@@ -265,6 +285,7 @@ def prepare_dataset(
     min_seconds: float = 1.0,
     clips_per_shard: int = 256,
     progress: bool = True,
+    shard: tuple[int, int] | None = None,
 ) -> PrepareReport:
     """Prepare a dataset from videos (see the module docstring).
 
@@ -279,6 +300,8 @@ def prepare_dataset(
         min_seconds: a final chunk shorter than this is dropped (reported in ``skipped``).
         clips_per_shard: clips per shard folder.
         progress: show a rich progress bar.
+        shard: ``(I, N)``: prepare only inputs ``I, I + N, I + 2N, ...`` of the expanded input list
+            (a job array: each job writes its own ``out``; :func:`merge_datasets` joins them).
 
     Returns:
         A :class:`PrepareReport`; ``exit_code`` is 1 when no clip of the inputs is in the dataset.
@@ -300,7 +323,17 @@ def prepare_dataset(
     max_frames = None if max_seconds is None else max(1, int(round(max_seconds * VIDEO_FPS)))
     min_frames = max(1, int(round(min_seconds * VIDEO_FPS)))
     inputs = expand_inputs(videos)
+    if shard is not None:
+        inputs = shard_inputs(inputs, *shard)
     report = PrepareReport(dataset=str(root))
+    options = {
+        "resolution": int(resolution),
+        "chunk_seconds": float(chunk_seconds),
+        "max_seconds": None if max_seconds is None else float(max_seconds),
+        "min_seconds": float(min_seconds),
+        "conditions": sorted(p.name for p in plugins),
+    }
+    check_options(root, options)
 
     bar = None
     if progress:
@@ -312,11 +345,14 @@ def prepare_dataset(
         task = bar.add_task("", total=len(inputs))
     try:
         with DatasetWriter(root, resolution, clips_per_shard=clips_per_shard) as writer, FaceAnalyzer(model_path) as analyzer:
+            write_options(root, options)
             done = _read_sources(root)
+            reasons: list[str] = []  # what was dropped from the current input (kept in sources.jsonl)
 
-            def skip(source: str, reason: str) -> None:
-                writer.skip(source, reason)
-                report.skipped.append({"source": source, "reason": reason})
+            def skip(source: str, reason: str, **fields: Any) -> None:
+                writer.skip(source, reason, **fields)
+                report.skipped.append({"source": source, "reason": reason, **fields})
+                reasons.append(f"{source}: {reason}")
                 log.info("skipped %s: %s", source, reason)
 
             for path in inputs:
@@ -324,10 +360,13 @@ def prepare_dataset(
                 base = clip_base_id(path, resolution, chunk_frames, max_frames)
                 if bar is not None:
                     bar.update(task, description=path.name)
+                reasons.clear()
                 if base in done:
                     ids = [i for i in done[base].get("clips", []) if writer.has(i)]
                     report.existing.extend(ids)
-                    skip(source, f"already prepared ({len(ids)} clip(s), ids {base}-*)")
+                    earlier = done[base].get("dropped", [])
+                    note = f"; dropped then: {' | '.join(earlier)}" if earlier else ""
+                    skip(source, f"already prepared ({len(ids)} clip(s), ids {base}-*){note}")
                 else:
                     try:
                         def on_chunk(start: int, name: str = path.name) -> None:
@@ -336,7 +375,7 @@ def prepare_dataset(
 
                         clips = _prepare_one(path, base, writer, analyzer, plugins, resolution, chunk_frames,
                                              max_frames, min_frames, report, skip, on_chunk)
-                        done[base] = {"source": source, "base": base, "clips": clips}
+                        done[base] = {"source": source, "base": base, "clips": clips, "dropped": list(reasons)}
                         _mark_source_done(root, done[base])
                     except KeyboardInterrupt:
                         raise
@@ -423,7 +462,126 @@ def _prepare_one(
                    columns=columns, signal_options=options)
         report.prepared.append(clip_id)
         clips.append(clip_id)
+    if chunks.truncated is not None:
+        total = chunks.expected_frames or chunks.frames_out
+        message = (f"damaged video: {chunks.truncated}; kept {chunks.frames_out} of {total} frames "
+                   "(up to the last good frame)")
+        log.warning("%s: %s", source, message)
+        skip(source, message, frames_kept=chunks.frames_out, frames_total=total)
     return clips
 
 
-__all__ = ["PrepareReport", "VideoChunks", "build_condition_plugins", "clip_base_id", "expand_inputs", "prepare_dataset"]
+def shard_inputs(inputs: Sequence[Path], index: int, count: int) -> list[Path]:
+    """Inputs ``index, index + count, ...`` of ``inputs`` (``--shard I/N``; every input lands in exactly one shard).
+
+    Raises:
+        InputError: not ``0 <= I < N``.
+    """
+    if count < 1 or not 0 <= index < count:
+        raise InputError(f"--shard {index}/{count}: need 0 <= I < N (e.g. --shard 0/4 ... --shard 3/4)")
+    return list(inputs)[index::count]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)`` with a clear error otherwise."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
+    if not match:
+        raise InputError(f"--shard {text!r}: expected I/N, e.g. --shard 0/4 (I from 0 to N - 1)")
+    index, count = int(match[1]), int(match[2])
+    shard_inputs([], index, count)
+    return index, count
+
+
+def read_options(root: str | Path) -> dict[str, Any] | None:
+    """The prepare options a dataset was made with (``prepare.json``), or None."""
+    path = Path(root) / OPTIONS
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def check_options(root: Path, options: dict[str, Any]) -> None:
+    """Refuse to add to a dataset made with other prepare options (its clips would not be comparable).
+
+    Raises:
+        InputError: naming every option that differs and what to do.
+    """
+    old = read_options(root)
+    if old is None:
+        return
+    diff = [f"{k}: dataset {old.get(k)!r}, now {v!r}" for k, v in options.items() if old.get(k) != v]
+    if diff:
+        raise InputError(
+            f"{root} was prepared with other options ({'; '.join(diff)}). Rerun with the dataset's options "
+            f"(see {root / OPTIONS}) to resume it, or give a new --out folder to prepare with these ones."
+        )
+
+
+def write_options(root: Path, options: dict[str, Any]) -> None:
+    path = root / OPTIONS
+    if not path.is_file():
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(options, indent=2) + "\n")
+        os.replace(tmp, path)
+
+
+def merge_datasets(shards: Sequence[str | Path], out: str | Path, clips_per_shard: int = 256) -> dict[str, Any]:
+    """Join datasets written by ``prepare --shard I/N`` (or any datasets of one format) into ``out``.
+
+    Clip folders are hard-linked (copied across file systems) into ``out/shards``; the manifest,
+    ``sources.jsonl`` and ``skipped.jsonl`` are concatenated; a clip id present in several shards is
+    taken once. All shards must have the same resolution and prepare options.
+
+    Returns:
+        ``{"dataset", "clips", "shards"}``.
+
+    Raises:
+        InputError: a shard is not a dataset, or the shards disagree on resolution or options.
+    """
+    import shutil
+
+    from eartalk.core.data.dataset import INFO, MANIFEST, SKIPPED, clip_dir, read_manifest
+
+    roots = [Path(s) for s in shards]
+    if not roots:
+        raise InputError("merge: give the shard datasets to merge")
+    infos, options = [], []
+    for root in roots:
+        if not (root / INFO).is_file():
+            raise InputError(f"merge: {root} is not an eartalk dataset (no {INFO}); run `eartalk prepare --shard I/N` first")
+        infos.append(json.loads((root / INFO).read_text()))
+        options.append(read_options(root))
+    if len({json.dumps(i, sort_keys=True) for i in infos}) > 1:
+        raise InputError(f"merge: the shards differ in format or resolution: {[i.get('resolution') for i in infos]}")
+    if len({json.dumps(o, sort_keys=True) for o in options}) > 1:
+        raise InputError("merge: the shards were prepared with different options; prepare them with one command line")
+    dest = Path(out)
+    if dest.exists() and any(dest.iterdir()):
+        raise InputError(f"merge: {dest} is not empty; give a new folder")
+    (dest / "shards").mkdir(parents=True)
+    lines, count, seen = [], 0, set()
+    for root in roots:
+        for entry in read_manifest(root):
+            if entry["id"] in seen:
+                continue
+            seen.add(entry["id"])
+            new = dict(entry, shard=f"{count // max(1, clips_per_shard):05d}")
+            target = clip_dir(dest, new)
+            target.mkdir(parents=True)
+            for item in clip_dir(root, entry).iterdir():
+                try:
+                    os.link(item, target / item.name)
+                except OSError:
+                    shutil.copy2(item, target / item.name)
+            lines.append(json.dumps(new, separators=(",", ":")))
+            count += 1
+    (dest / INFO).write_text(json.dumps(infos[0], indent=2) + "\n")
+    if options[0] is not None:
+        (dest / OPTIONS).write_text(json.dumps(options[0], indent=2) + "\n")
+    for name in (SOURCES, SKIPPED):
+        parts = [(r / name).read_text() for r in roots if (r / name).is_file()]
+        (dest / name).write_text("".join(p if p.endswith("\n") or not p else p + "\n" for p in parts))
+    (dest / MANIFEST).write_text("".join(line + "\n" for line in lines))
+    return {"dataset": str(dest), "clips": count, "shards": [str(r) for r in roots]}
+
+
+__all__ = ["PrepareReport", "VideoChunks", "build_condition_plugins", "clip_base_id", "expand_inputs", "merge_datasets",
+           "parse_shard", "prepare_dataset", "shard_inputs"]
