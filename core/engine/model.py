@@ -180,8 +180,12 @@ class EarTalkModel(nn.Module):
                 null_prob=a.drop_null_prob, keep_prob=a.drop_keep_prob, keep=a.drop_keep,
             )
             present = {n: m.to(frames.device) for n, m in dropped.items()}
-        tokens = self.encode_tokens(frames)  # (B, T, N, c)
-        ref_tokens = self.encode_tokens(reference[:, None])[:, 0]  # (B, N, c)
+        if "latents" in batch:  # pre-encoded by `eartalk encode` (core/data/latents.py): no VAE pass
+            tokens = patchify(batch["latents"].to(frames.device, frames.dtype), a.patch_size)  # (B, T, N, c)
+            ref_tokens = patchify(batch["reference_latents"][:, None].to(frames.device, frames.dtype), a.patch_size)[:, 0]
+        else:
+            tokens = self.encode_tokens(frames)  # (B, T, N, c)
+            ref_tokens = self.encode_tokens(reference[:, None])[:, 0]  # (B, N, c)
         cond = self.stack(signals, present, batch=b, frames=t)  # (B, T, K, Dc)
         mid = self.training and t > 1 and float(torch.rand(())) < a.mid_clip_prob
         if mid:  # frame 0 is context only: targets are frames 1 .. T-1
