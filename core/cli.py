@@ -28,8 +28,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if ("%(default)" in text or "default:" in text or default in (None, False, argparse.SUPPRESS)
-                or default == [] or isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
+        if ("%(default)" in text or "default:" in text or default is None or default is False
+                or default == argparse.SUPPRESS or default == []
+                or isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
             return text
         if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
             return f"{text} (default: %(default)s)" if text else "default: %(default)s"

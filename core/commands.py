@@ -88,10 +88,15 @@ class PluginsCommand(Command):
         parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
         parser.add_argument("--kind", choices=["condition", "metric", "recipe", "command"], help="only this kind")
         parser.add_argument("--wide", action="store_true", help="all details (version, module, slots, columns)")
+        parser.add_argument("--markdown", action="store_true",
+                            help="print the built-in conditions' value table of docs/conditions.md")
 
     def run(self, args: argparse.Namespace) -> int:
         if args.action == "show":
             return self._show(args)
+        if args.markdown:
+            sys.stdout.write(conditions_markdown())
+            return 0
         rows = _plugin_rows(args.kind)
         if args.json:
             print_json(rows)
@@ -204,6 +209,31 @@ def conditions_epilog(width: int = 78) -> str:
             lines.extend(textwrap.wrap(text, width, initial_indent="      ", subsequent_indent="        "))
     lines += ["", "  START:STOP: frame indices (25 fps), STOP exclusive; either may be left out."]
     return "\n".join(lines)
+
+
+def conditions_markdown(builtin_only: bool = True) -> str:
+    """The table of condition values in docs/conditions.md (``eartalk plugins --markdown``):
+    one row per column of every condition, with unit, range and meaning, then its labels."""
+    from eartalk.core.protocol import describe_plugin
+    from eartalk.core.registry import build_registry, get_registry
+
+    registry = build_registry(entry_points=False) if builtin_only else get_registry()
+    lines = ["| condition | columns (unit, range: meaning) | labels and other value forms |", "|---|---|---|"]
+    for info in registry.infos("condition"):
+        doc = describe_plugin(info.cls)
+        cols = []
+        shown = doc.columns if len(doc.columns) <= 8 else doc.columns[:1]
+        for col in shown:
+            extra = ", ".join(x for x in (col.unit, col.range_text()) if x)
+            name = f"`{col.name}`" if len(doc.columns) <= 8 else \
+                f"{len(doc.columns)} columns `{doc.columns[0].name}` ... `{doc.columns[-1].name}`"
+            cols.append(name + (f" ({extra})" if extra else "") + (f": {col.meaning}" if col.meaning else ""))
+        cls = info.cls
+        own = doc.forms[: len(cls.labels) + len(cls.value_examples)]
+        forms = [f"`{form.split('=', 1)[1]}`: {meaning}" for form, meaning in own]
+        cell = "<br>".join(forms) or "-"
+        lines.append(f"| `{doc.name}` | {'<br>'.join(cols)} | {cell.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
 
 
 def attrs_asdict(obj: Any) -> dict[str, Any]:

@@ -129,3 +129,95 @@ def test_console_script_prints_valid_json() -> None:
     assert isinstance(json.loads(result.stdout), list)
     bad = subprocess.run([exe, "config", "validate", "/nonexistent.yaml"], capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# -- help generated from the plugins (newcomer polish) ---------------------------------------
+def test_plugins_listing_is_compact_at_80_columns(capsys, monkeypatch, fresh_registry) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert all(len(line) <= 80 for line in lines), max(lines, key=len)
+    names = get_registry().names("condition") + get_registry().names("metric")
+    assert all(any(line.startswith(n + " ") for line in lines) for n in names), "one line per plugin, name first"
+    assert len(lines) < len(get_registry().infos()) + 12, "no wrapped rows"
+    assert main(["plugins", "--wide", "--kind", "condition"]) == 0
+    wide = capsys.readouterr().out
+    assert "eartalk.plugins.head_pose" in wide and "slots" in wide and "yaw (degrees" in wide
+
+
+def test_plugins_show_describes_columns_units_values_and_options(capsys, fresh_registry) -> None:
+    assert main(["plugins", "show", "head_pose"]) == 0
+    out = capsys.readouterr().out
+    for text in ("yaw (degrees, [-90, 90]): > 0: the subject turns toward the image right", "head_pose=frontal",
+                 "head_pose=values.csv", "head_pose=driving.mp4", "head_pose=off", "neutral_translation (default"):
+        assert text in out, text
+    assert main(["plugins", "show", "emotion"]) == 0
+    assert "emotion=sad:3" in capsys.readouterr().out
+    assert main(["plugins", "show", "gaze", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    source = next(o for o in data["options"] if o["name"] == "source")
+    assert source["allowed"] == "one of 'blendshapes', 'iris'" and source["default"] == "blendshapes"
+    assert main(["plugins", "show", "head_pos"]) == 2
+    assert "did you mean 'head_pose'" in capsys.readouterr().err
+
+
+def test_third_party_plugin_gets_the_same_help_and_is_listed_after_builtins(make_dist, capsys, fresh_registry) -> None:
+    make_dist("eartalk-sparkle", "eartalk_sparkle", SPARKLE.replace(
+        '    name = "sparkle"\n',
+        '    name = "sparkle"\n    description = "sparkles per frame"\n'
+        '    labels = {"dazzling": "the most sparkle (1)"}\n'))
+    assert main(["plugins", "--json", "--kind", "condition"]) == 0
+    names = [r["name"] for r in json.loads(capsys.readouterr().out)]
+    assert names[-1] == "sparkle" and names[0] == "audio", names
+    assert main(["plugins", "show", "sparkle"]) == 0
+    out = capsys.readouterr().out
+    assert "[condition, eartalk-sparkle 1.2.3] sparkle: sparkles per frame" in out
+    assert "sparkle=dazzling" in out and "sparkle=off" in out and "sparkle_0" in out
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    assert "sparkle [eartalk-sparkle]: sparkles per frame" in capsys.readouterr().out
+
+
+def test_generate_help_lists_controls_and_defaults(capsys, monkeypatch, fresh_registry) -> None:
+    monkeypatch.setenv("COLUMNS", "100")
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for text in ("repeat it for several controls", "yaw (degrees, [-90, 90])", "emotion=sad:3", "blink=open",
+                 "head_pose=off (absent)", "(default: the checkpoint's; 4", "sampling seed (default: 0)",
+                 "eartalk plugins show NAME"):
+        assert text in out, text
+
+
+def test_every_subcommand_has_a_description_and_defaults_show() -> None:
+    from eartalk.core.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+    for name, p in sub.choices.items():
+        assert p.description, f"`eartalk {name}` has no description"
+    demo = sub.choices["demo"].format_help()
+    assert "(default: 96)" in " ".join(demo.split())
+
+
+def test_plugin_option_error_names_file_key_and_allowed_values(tmp_path: Path, capsys) -> None:
+    text = (CONFIGS / "eartalk_tiny_train.yaml").read_text()
+    bad = tmp_path / "gaze.yaml"
+    bad.write_text(text.replace("- name: gaze", "- name: gaze\n    options: {source: irs}", 1))
+    assert main(["config", "validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "options of 'gaze'" in err
+    assert "source: must be one of 'blendshapes', 'iris'; got 'irs' (did you mean 'iris'?)" in err
+    assert "Attribute(" not in err and "<root>" not in err
+
+
+def test_conditions_doc_table_is_in_sync_with_the_plugins() -> None:
+    from eartalk.core.commands import conditions_markdown
+
+    doc = (REPO / "docs" / "conditions.md").read_text()
+    begin, end = "<!-- BEGIN generated by `eartalk plugins --markdown` -->\n", "<!-- END generated -->"
+    assert begin in doc and end in doc
+    shipped = doc.split(begin, 1)[1].split(end, 1)[0]
+    assert shipped == conditions_markdown(), (
+        "docs/conditions.md is out of date: replace the generated block with `eartalk plugins --markdown`")
