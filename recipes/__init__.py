@@ -16,7 +16,8 @@ def register_recipes() -> list[type]:
 @hookimpl
 def register_commands() -> list[type]:
     from eartalk.recipes.commands import COMMANDS
+    from eartalk.recipes.encode import EncodeCommand
     from eartalk.recipes.serving.commands import ServeCommand
     from eartalk.recipes.study import StudyCommand
 
-    return [*COMMANDS, StudyCommand, ServeCommand]
+    return [*COMMANDS, StudyCommand, ServeCommand, EncodeCommand]

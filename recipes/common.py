@@ -196,6 +196,7 @@ def plot_losses(out_dir: str | Path, name: str = "loss.png") -> Path | None:
 def make_datamodule(config: Any, stack: Any, root: str | Path | None = None) -> Any:
     """The training DataModule of a recipe config (resumable training loader)."""
     from eartalk.core.data.dataset import TalkingHeadDataModule
+    from eartalk.recipes.encode import latents_key
 
     return TalkingHeadDataModule(
         root if root is not None else config.data.root,
@@ -206,6 +207,7 @@ def make_datamodule(config: Any, stack: Any, root: str | Path | None = None) -> 
         num_workers=config.data.num_workers,
         seed=config.seed,
         resumable=True,
+        latents=latents_key(config),  # pre-encoded VAE latents (recipes/encode.py)
     )
 
 

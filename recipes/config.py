@@ -21,6 +21,8 @@ class DataConfig:
         batch_size: clips per batch (per device).
         val_fraction: share of clips held out for validation.
         num_workers: DataLoader worker processes.
+        latents: read VAE latents pre-encoded by ``eartalk encode CONFIG`` instead of running the
+            frozen VAE every step (the cache is keyed to the VAE checkpoint's hash).
     """
 
     root: str = "data/synth"
@@ -28,6 +30,7 @@ class DataConfig:
     batch_size: int = 4
     val_fraction: float = 0.1
     num_workers: int = 0
+    latents: bool = False
 
 
 @attrs.frozen

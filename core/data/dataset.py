@@ -447,6 +447,7 @@ class TalkingHeadDataset(Dataset):
         seed: int = 0,
         extras: Sequence[str] = (),
         cache_clips: int = 64,
+        latents: Any = None,
     ) -> None:
         if clip_frames < 1:
             raise ValueError(f"clip_frames must be >= 1, got {clip_frames}")
@@ -474,6 +475,12 @@ class TalkingHeadDataset(Dataset):
         #: plugin name -> why its signal is absent on every clip (a required input that cannot be had)
         self.absent_reasons: dict[str, str] = {}
         self._cache_size = max(1, int(cache_clips))
+        self.latents = None  # a core.data.latents.LatentStore: items also carry pre-encoded latents
+        if latents is not None:
+            from eartalk.core.data.latents import LatentStore
+
+            self.latents = latents if isinstance(latents, LatentStore) else LatentStore(self.root, str(latents),
+                                                                                      [c.id for c in self.clips])
 
     @property
     def resolution(self) -> int:
@@ -616,6 +623,9 @@ class TalkingHeadDataset(Dataset):
         }
         if self.extras:
             item["extras"] = {n: torch.from_numpy(np.array(reader.extra(n)[start:stop])) for n in self.extras}
+        if self.latents is not None:  # (T, C, h, w) and (C, h, w): the model skips the VAE
+            item["latents"] = torch.from_numpy(np.array(self.latents.clip(reader.id)[start:stop]))
+            item["reference_latents"] = torch.from_numpy(np.array(self.latents.frames(reader.id)[ref]))
         return item
 
 
@@ -631,6 +641,9 @@ def collate_clips(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
     if "extras" in items[0]:
         batch["extras"] = {n: torch.stack([i["extras"][n] for i in items]) for n in items[0]["extras"]}
+    if "latents" in items[0]:
+        batch["latents"] = torch.stack([i["latents"] for i in items])  # (B, T, C, h, w)
+        batch["reference_latents"] = torch.stack([i["reference_latents"] for i in items])  # (B, C, h, w)
     return batch
 
 
@@ -800,8 +813,10 @@ class TalkingHeadDataModule(_DataModuleBase):
         reference_gap: int = 8,
         extras: Sequence[str] = (),
         resumable: bool = False,
+        latents: str | None = None,
     ) -> None:
         super().__init__()
+        self.latents = latents  # SHA-256 of the VAE checkpoint whose pre-encoded latents to read (core/data/latents.py)
         self.resumable = bool(resumable)
         self.root = Path(root)
         self.clip_frames = int(clip_frames)
@@ -826,7 +841,8 @@ class TalkingHeadDataModule(_DataModuleBase):
                 f"({len(readers)} clip(s) in total); use a smaller clip length or add data"
             )
         train_ids, val_ids = split_clip_ids(usable, self.val_fraction, self.seed)
-        common = dict(stack=self.stack, reference_gap=self.reference_gap, seed=self.seed, extras=self.extras)
+        common = dict(stack=self.stack, reference_gap=self.reference_gap, seed=self.seed, extras=self.extras,
+                      latents=self.latents)
         self.train_set = TalkingHeadDataset(self.root, self.clip_frames, clip_ids=train_ids, random_windows=True, **common)
         self.val_set = TalkingHeadDataset(self.root, self.clip_frames, clip_ids=val_ids, random_windows=False, **common)
 
