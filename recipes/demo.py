@@ -121,6 +121,7 @@ def run_demo(
     from eartalk.recipes.study import (
         AUDIO_CONDITIONS,
         block_permutation,
+        json_safe,
         load_heldout,
         per_frame_l1_psnr,
         stream_batch,
@@ -240,5 +241,6 @@ def run_demo(
     }
     summary["total_s"] = round(sum(timings.values()) + n_fps / fps, 1)
     summary["summary_json"] = str(out / "summary.json")
+    summary = json_safe(summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary

@@ -136,8 +136,8 @@ class StudyConfig:
 
 def quick_config(out: str | Path, **overrides: Any) -> StudyConfig:
     """The ``--quick`` sizes: a few minutes on 2 cores, short clips, tiny budgets."""
-    base = dict(out=str(out), clips=32, seconds=1.0, vae_steps=300, steps=300, ablation_steps=300, heldout=2,
-                eval_frames=100, probe_identities=40, probe_epochs=4)
+    base = dict(out=str(out), clips=24, seconds=1.0, vae_steps=120, steps=150, ablation_steps=150, heldout=2,
+                eval_frames=60, probe_identities=32, probe_epochs=3)
     base.update(overrides)
     return StudyConfig(**base)
 
@@ -354,24 +354,16 @@ def vae_floor(model: Any, items: list[dict[str, Any]], frames: int) -> dict[str,
 
 
 def untrained_model(checkpoint: Path) -> Any:
-    """The model of ``checkpoint`` with its backbone and decoder re-initialised (VAE and stack kept)."""
-    from eartalk.core.engine import model as engine
+    """The model of ``checkpoint`` with fresh backbone, decoder and condition plugins (its trained VAE kept)."""
+    from eartalk.core.engine.checkpoint import condition_specs, read_info
+    from eartalk.core.engine.model import build_model
     from eartalk.recipes.train import load_trained
 
     trained = load_trained(checkpoint)
     torch.manual_seed(12345)
-    fresh = engine.build_model(trained.arch, _specs_of(checkpoint))
+    fresh = build_model(trained.arch, condition_specs(read_info(checkpoint, expect="model")))
     fresh.vae.load_state_dict(trained.vae.state_dict())
     return fresh.eval()
-
-
-def _specs_of(checkpoint: Path) -> list[Any]:
-    from eartalk.core.config import structure
-    from eartalk.recipes.common import read_checkpoint
-    from eartalk.recipes.train import TrainConfig
-
-    ckpt = read_checkpoint(checkpoint, "checkpoint", "train one with `eartalk train CONFIG`")
-    return list(structure(ckpt["hyper_parameters"]["config"], TrainConfig).conditions)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -497,13 +489,13 @@ def _clean(res: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in res.items() if not k.startswith("_")}
 
 
-def _nan_to_none(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     if isinstance(obj, float):
         return None if math.isnan(obj) or math.isinf(obj) else obj
     if isinstance(obj, dict):
-        return {k: _nan_to_none(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_nan_to_none(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
@@ -616,7 +608,7 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
         "study_minutes": (time.perf_counter() - start_all) / 60,
     }
     write_markdown(out / "report.md", report)
-    report = _nan_to_none(report)
+    report = json_safe(report)
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     return report
 
