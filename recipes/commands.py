@@ -54,6 +54,11 @@ class GenerateCommand(Command):
                             help=f"sampling temperature (default: the checkpoint's; {defaults.temperature})")
         parser.add_argument("--seed", type=int, default=0, help="sampling seed")
         parser.add_argument("--landmarker", help="MediaPipe face_landmarker.task (default: $EARTALK_FACE_LANDMARKER)")
+        parser.add_argument(
+            "--past-end", action="append", default=[], metavar="NAME=POLICY",
+            help="what a control's per-frame values (file, driving video) do when shorter than the video: "
+            "absent (default), hold the last value, or loop; repeatable, e.g. --past-end head_pose=hold",
+        )
         # The controls' help is built from the installed plugins only when --help is shown.
         format_help = parser.format_help
 
@@ -72,7 +77,10 @@ class GenerateCommand(Command):
         for key, value in (("steps", args.steps), ("denoise_steps", args.denoise), ("cfg", args.cfg), ("temperature", args.temperature)):
             if value is not None:
                 sampling[key] = value
-        path = generate_video(args.checkpoint, args.portrait, args.audio, args.out, args.control, args.frames, sampling, args.landmarker)
+        from eartalk.recipes.generate import parse_past_end
+
+        path = generate_video(args.checkpoint, args.portrait, args.audio, args.out, args.control, args.frames, sampling,
+                              args.landmarker, past_end=parse_past_end(args.past_end))
         print(f"wrote {path}")
         return 0
 

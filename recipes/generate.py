@@ -16,7 +16,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,24 @@ def parse_control(text: str) -> ControlEdit:
     return ControlEdit(match["name"], value, start, stop)
 
 
+def parse_past_end(items: Sequence[str]) -> dict[str, str]:
+    """``["head_pose=hold", "blink=loop"]`` (``--past-end``) -> ``{"head_pose": "hold", ...}``.
+
+    What a control's per-frame values (a file, a driving video) do when shorter than the video:
+    ``absent`` (the default: the control is absent, or what was set before shows again), ``hold``
+    the last value, or ``loop`` from the first.
+    """
+    from eartalk.conditions.timeline import check_past_end
+
+    out = {}
+    for item in items:
+        name, sep, policy = item.partition("=")
+        if not sep or not name.strip():
+            raise InputError(f"--past-end {item!r}: expected NAME=POLICY, e.g. head_pose=hold (policies: absent, hold, loop)")
+        out[name.strip()] = check_past_end(policy.strip(), f"--past-end {item!r}")
+    return out
+
+
 def load_reference(portrait: str | Path, resolution: int, landmarker: str | None = None) -> torch.Tensor:
     """Face crop of a portrait as ``(3, R, R)`` in [-1, 1] (clear error when no face is found)."""
     from eartalk.core.media.io import read_portrait
@@ -86,8 +104,13 @@ def run_session(
     sampling: dict[str, Any] | None = None,
     progress: bool = True,
     progress_every: int = 25,
+    past_end: Mapping[str, str] | None = None,
 ) -> torch.Tensor:
     """Generate ``num_frames`` frames with a streaming session; returns uint8 ``(T, 3, R, R)``.
+
+    ``past_end`` maps a control to what its per-frame values (a file, a driving video) do when
+    shorter than the video: ``"absent"`` (default), ``"hold"`` the last row or ``"loop"``; a
+    warning says so once (see :mod:`eartalk.conditions.timeline`).
 
     Progress: a rich bar on a terminal; otherwise a log line every ``progress_every`` frames with
     the frames done and the frame rate; the final frame rate at the end. Each control's meaning is
@@ -97,6 +120,8 @@ def run_session(
     from rich.progress import Progress
 
     session = model.session(reference, **(sampling or {}))
+    for name, policy in (past_end or {}).items():
+        session.timeline.set_past_end(name, policy)
     for name, signal in (audio_signals or {}).items():
         session.set_control(name, signal, start=0)
     for edit in controls:
@@ -137,8 +162,12 @@ def generate_video(
     sampling: dict[str, Any] | None = None,
     landmarker: str | None = None,
     progress: bool = True,
+    past_end: Mapping[str, str] | None = None,
 ) -> Path:
     """Generate a talking-head video; the audio file drives every audio-based condition.
+
+    ``past_end``: per control, what per-frame values shorter than the video do past their end
+    (``"absent"``, ``"hold"``, ``"loop"``; see :func:`parse_past_end`).
 
     Returns:
         The written mp4 path (H.264 with the audio muxed in sync).
@@ -162,7 +191,9 @@ def generate_video(
                 audio_signals[name] = plugin.values(str(audio), num_frames)
     if not num_frames:
         raise InputError("give --audio or --frames: nothing tells how long the video is")
-    video = run_session(model, reference, num_frames, edits, audio_signals, sampling, progress)
+    for name in past_end or {}:
+        model.stack.plugin(name)
+    video = run_session(model, reference, num_frames, edits, audio_signals, sampling, progress, past_end=past_end)
     if wave is not None:
         wave = wave[: num_frames * SAMPLES_PER_FRAME]
     return write_video(out, video, fps=VIDEO_FPS, audio=wave)

@@ -175,3 +175,40 @@ def test_bad_policy_and_empty_range_are_input_errors(toy_stack) -> None:
     with pytest.raises(InputError, match="empty frame range 5:5"):
         timeline.set("toy", [0, 0, 0], start=5, stop=5)
     assert math.isnan(timeline.at(0)["toy"][0])
+
+
+def test_generate_applies_the_past_end_policy_per_control(toy_stack, tmp_path, caplog) -> None:
+    """`eartalk generate --past-end NAME=loop`: a 3-row file over 8 frames loops (and says so once);
+    parse errors name the argument."""
+    import numpy as np
+
+    from eartalk.recipes.generate import ControlEdit, parse_past_end, run_session
+
+    assert parse_past_end(["head_pose=hold", " blink = loop "]) == {"head_pose": "hold", "blink": "loop"}
+    with pytest.raises(InputError, match="expected NAME=POLICY"):
+        parse_past_end(["head_pose"])
+    with pytest.raises(InputError, match="unknown policy 'forever'"):
+        parse_past_end(["head_pose=forever"])
+
+    stack = toy_stack
+
+    class Session:  # what run_session drives: the real timeline, a step that records the controls
+        def __init__(self) -> None:
+            self.timeline, self.index, self.rows = ControlTimeline(stack), 0, []
+
+        def set_control(self, name, value, start=None, stop=None):
+            self.timeline.set(name, value, self.index if start is None else start, stop)
+
+        def step(self):
+            self.rows.append(self.timeline.at(self.index)["toy"])
+            self.index += 1
+            return type("Out", (), {"pixels": torch.zeros(1, 3, 8, 8)})()
+
+    session = Session()
+    model = type("Model", (), {"stack": stack, "session": lambda self, reference, **kw: session})()
+    np.save(tmp_path / "pose.npy", np.arange(9, dtype=np.float32).reshape(3, 3))
+    with caplog.at_level(logging.WARNING, logger="eartalk.conditions.timeline"):
+        run_session(model, torch.zeros(3, 8, 8), 8, [ControlEdit("toy", str(tmp_path / "pose.npy"))],
+                    progress=False, past_end={"toy": "loop"})
+    assert [int(row[0]) for row in session.rows] == [0, 3, 6, 0, 3, 6, 0, 3], "the 3 rows loop"
+    assert [r.getMessage().count("past_end='loop'") for r in caplog.records] == [1]
