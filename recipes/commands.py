@@ -16,9 +16,27 @@ class TrainCommand(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("config", help="recipe YAML (see recipes/configs/; `eartalk plugins --kind recipe` lists recipes)")
         parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. trainer.max_steps=50")
+        parser.add_argument(
+            "--dry-run", action="store_true",
+            help="build data module, model and Trainer as the run would, then run one optimiser step (configs that fit "
+            "this machine; synthetic data if data.root is absent) or report parameters, strategy and estimated memory "
+            "per device (larger ones); trains nothing, writes nothing under out_dir",
+        )
+        parser.add_argument("--estimate-only", action="store_true", help="with --dry-run: never run the step")
+        parser.add_argument("--json", action="store_true", help="with --dry-run: print the report as one JSON object")
 
     def run(self, args: argparse.Namespace) -> int:
         recipe_cls, config = load_recipe_config(args.config, args.overrides)
+        if args.dry_run:
+            from eartalk.recipes.dryrun import dry_run, format_report
+
+            report = dry_run(recipe_cls, config, estimate_only=args.estimate_only)
+            print(json.dumps(report, default=str) if args.json else format_report(report))
+            return 0
+        if args.json or args.estimate_only:
+            from eartalk.core.errors import ConfigError
+
+            raise ConfigError("--json and --estimate-only go with --dry-run")
         result = recipe_cls().run(config, args.overrides)
         print(f"{recipe_cls.name}: done -> {result}")
         return 0

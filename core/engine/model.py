@@ -6,28 +6,24 @@ through the backbone in one teacher-forced pass under the SFA mask, and the MAR 
 every frame. Inference (:meth:`EarTalkModel.session`, :meth:`EarTalkModel.generate`): the
 streaming loop of :class:`~eartalk.core.engine.session.StreamingSession`.
 
-Checkpoints (:func:`save_checkpoint` / :func:`load_checkpoint`) store the arch as plain data, the
-weights and a free ``extra`` dict (recipes put the condition specs there).
+Checkpoints: one format, the recipes' Lightning ``.ckpt`` (see :mod:`eartalk.core.engine.checkpoint`,
+``load_model`` / ``write_checkpoint``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
-import attrs
 import torch
 from torch import nn
 
 from eartalk.conditions.stack import ConditionStack
 from eartalk.core.engine.backbone import Backbone
 from eartalk.core.engine.mar import MARDecoder
-from eartalk.core.engine.presets import ModelArch, SamplingConfig, arch_from_dict, arch_to_dict, sampling_with
+from eartalk.core.engine.presets import ModelArch, SamplingConfig, sampling_with
 from eartalk.core.engine.vae import FrameVAE
-from eartalk.core.errors import InputError, WeightsNotFoundError
-
-CHECKPOINT_FORMAT = "eartalk-model/1"
+from eartalk.core.errors import InputError
 
 
 def patchify(latents: torch.Tensor, p: int) -> torch.Tensor:
@@ -407,54 +403,3 @@ class _null_context:
 
     def __exit__(self, *exc: object) -> None:
         return None
-
-
-# -- checkpoints ---------------------------------------------------------------------------------
-@attrs.define
-class Checkpoint:
-    """A loaded checkpoint: the arch, the weights and the caller's ``extra`` dict."""
-
-    arch: ModelArch
-    state_dict: dict[str, torch.Tensor]
-    extra: dict[str, Any]
-
-    def build(self, stack: ConditionStack, strict: bool = True) -> EarTalkModel:
-        """A model of this arch on ``stack`` with the stored weights."""
-        model = EarTalkModel(self.arch, stack)
-        model.load_state_dict(self.state_dict, strict=strict)
-        return model
-
-
-def save_checkpoint(path: str | Path, model: EarTalkModel, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``{format, arch (plain data), state_dict, extra}`` to ``path`` with ``torch.save``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "arch": arch_to_dict(model.arch),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "extra": dict(extra or {}),
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return path
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
-    """Read a checkpoint written by :func:`save_checkpoint`.
-
-    Raises:
-        WeightsNotFoundError: no such file.
-        InputError: the file is not an eartalk model checkpoint.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsNotFoundError(f"model checkpoint {path} not found; train one with an eartalk recipe or give the right path")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
-        raise InputError(f"cannot read model checkpoint {path}: {type(err).__name__}: {err}") from err
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(f"{path} is not an eartalk model checkpoint (expected format {CHECKPOINT_FORMAT!r})")
-    return Checkpoint(arch_from_dict(payload["arch"]), payload["state_dict"], payload.get("extra", {}))

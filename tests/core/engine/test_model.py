@@ -6,12 +6,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from eartalk.conditions import ConditionStack
 from eartalk.conditions.stack import DropoutSpec
-from eartalk.conditions.testing import ToyAudio, ToyCondition
-from eartalk.core.engine.model import EarTalkModel, load_checkpoint, patchify, save_checkpoint, unpatchify
+from eartalk.core.engine.model import EarTalkModel, patchify, unpatchify
 from eartalk.core.engine.presets import get_arch
-from eartalk.core.errors import InputError, WeightsNotFoundError
 
 
 def smooth_batch(batch: int = 2, frames: int = 6, seed: int = 0) -> dict:
@@ -59,36 +56,6 @@ def test_tiny_model_learns_a_fixed_batch(toy_stack):
     assert after < before / 2, (before, after)
     assert all(p.grad is None for p in model.vae.parameters())  # the VAE stays frozen
     assert not model.vae.training
-
-
-def test_checkpoint_round_trip(toy_stack, tmp_path):
-    torch.manual_seed(0)
-    arch = get_arch("tiny", window=3, sampling={"cfg": 1.5})
-    model = EarTalkModel(arch, toy_stack).eval()
-    with torch.no_grad():
-        model.vae.latent_std.fill_(2.0)
-        for blk in model.backbone.blocks:
-            blk.ada[1].weight.normal_()
-    path = save_checkpoint(tmp_path / "ckpt" / "model.pt", model, {"conditions": ["toy", "toy_audio"]})
-    ckpt = load_checkpoint(path)
-    assert ckpt.arch == arch and ckpt.extra == {"conditions": ["toy", "toy_audio"]}
-    torch.manual_seed(5)  # a fresh stack and model with other random weights
-    fresh = ckpt.build(ConditionStack([ToyCondition(16), ToyAudio(16)])).eval()
-    for key, value in model.state_dict().items():
-        assert torch.equal(fresh.state_dict()[key], value), key
-    ref = torch.zeros(3, 64, 64)
-    a = model.generate(ref, {"toy": torch.ones(3, 3)}, num_frames=3)
-    b = fresh.generate(ref, {"toy": torch.ones(3, 3)}, num_frames=3)
-    assert torch.equal(a, b)
-
-
-def test_checkpoint_errors(tmp_path):
-    with pytest.raises(WeightsNotFoundError, match="not found"):
-        load_checkpoint(tmp_path / "missing.pt")
-    bad = tmp_path / "bad.pt"
-    torch.save({"hello": 1}, bad)
-    with pytest.raises(InputError, match="not an eartalk model checkpoint"):
-        load_checkpoint(bad)
 
 
 def test_analytic_frame_flops_match_a_flop_counter(toy_stack):
