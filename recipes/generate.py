@@ -172,13 +172,17 @@ def generate_video(
     Returns:
         The written mp4 path (H.264 with the audio muxed in sync).
     """
+    from eartalk.core.engine.checkpoint import load_model
     from eartalk.core.media.io import read_audio, write_video
-    from eartalk.recipes.train import load_trained
 
     edits = [parse_control(c) for c in controls]
-    model = load_trained(checkpoint)
+    model = load_model(checkpoint)
     for edit in edits:
-        model.stack.plugin(edit.name)  # unknown names fail before any work
+        if edit.name not in model.stack.plugins:  # fail before any work
+            raise InputError(
+                f"--control {edit.name}=...: {checkpoint} never learnt the control {edit.name!r}; it was trained with "
+                f"{', '.join(model.stack.names)} (fine-tune it with {edit.name!r} added: docs/training.md)"
+            )
     reference = load_reference(portrait, model.arch.resolution, landmarker)
     wave = None
     audio_signals: dict[str, torch.Tensor] = {}
