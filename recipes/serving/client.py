@@ -228,7 +228,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 async def measure_session(url: str, frames: int, token: str | None = None, control_at: int | None = None,
                           pace: str = "fast", seed: int = 0) -> dict[str, Any]:
-    """Stream ``frames`` frames (bundled face and speech) and measure one session.
+    """Stream ``frames`` frames (bundled face and speech 0, sampling seed ``seed``) and measure one session.
 
     Returns:
         ``first_frame_ms`` (start sent -> frame 0 received), ``latency_ms_p50``/``p95`` (frame
@@ -240,8 +240,8 @@ async def measure_session(url: str, frames: int, token: str | None = None, contr
     async with ServeClient(url, token) as client:
         seconds = min(frames / 25 + 0.2, float(client.hello["limits"]["bundled_speech_seconds"]))
         t0 = time.perf_counter()
-        await client.send({"type": "start", "portrait": "bundled", "speech": "bundled", "face_seed": seed,
-                           "seconds": seconds, "frames": frames, "pace": pace})
+        await client.send({"type": "start", "portrait": "bundled", "speech": "bundled", "face_seed": 0,
+                           "seconds": seconds, "frames": frames, "pace": pace, "sampling": {"seed": seed}})
         arrivals, ages, gens, ident, first = [], [], [], None, None
         async for frame in client.frames():
             if first is None:
