@@ -303,7 +303,7 @@ class ConditionPluginConformance:
             if any(not torch.isfinite(g).all() for g in grads):
                 raise self.fail("fine_tunes", f"expected finite tokenizer gradients, got non-finite ones at step {step}")
             optim.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         moved = max(float((p.detach() - before[name]).abs().max()) for name, p in trainable)
         if moved == 0:
             raise self.fail("fine_tunes", "expected the tokenizer's weights to change in training, got no change")

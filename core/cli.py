@@ -28,7 +28,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if ("%(default)" in text or "default:" in text or default is None or default is False
+        if ("%(default)" in text or "default" in text.lower() or default is None or default is False
                 or default == argparse.SUPPRESS or default == []
                 or isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
             return text
