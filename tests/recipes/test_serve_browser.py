@@ -34,7 +34,9 @@ def _missing() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(_missing() is not None, reason=f"browser test skipped: {_missing()}")
+# slow: starting Chromium and a server takes 20-60 s here; CI runs the slow tests too.
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(_missing() is not None, reason=f"browser test skipped: {_missing()}")]
 
 
 @pytest.fixture(autouse=True)
@@ -60,7 +62,8 @@ def make_driver(profile: Path) -> Any:
     options.binary_location = CHROMIUM
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--autoplay-policy=no-user-gesture-required", "--window-size=1280,900", f"--user-data-dir={profile}"):
+                 "--autoplay-policy=no-user-gesture-required", "--window-size=1280,900", f"--user-data-dir={profile}",
+                 "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"):  # a fake microphone (a beep)
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
 
@@ -76,48 +79,74 @@ def wait_for(driver: Any, script: str, timeout: float = 60.0) -> Any:
     raise AssertionError(f"timed out waiting for: {script} (page errors: {errors})")
 
 
-def test_page_streams_and_a_slider_moved_mid_stream_is_acknowledged(tmp_path) -> None:
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
-
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    """The server on a free loopback port and a headless Chromium (yields both)."""
     from eartalk.recipes.serving.server import ServeConfig, load_model, start_in_thread
 
     running = start_in_thread(load_model(preset="tiny"), ServeConfig(port=0))
-    artifacts = Path(os.environ.get("EARTALK_TEST_ARTIFACTS", tmp_path))
-    artifacts.mkdir(parents=True, exist_ok=True)
-    driver = make_driver(tmp_path / "chromium-profile")
+    driver = make_driver(tmp_path_factory.mktemp("chromium-profile"))
     try:
-        driver.get(running.url + "/")
-        wait_for(driver, "return document.getElementById('slider-head_pose-yaw') !== null")
-        seconds = driver.find_element(By.ID, "speech-seconds")
-        seconds.clear()
-        seconds.send_keys("6")
-        driver.find_element(By.ID, "start").click()
-        wait_for(driver, "return window.eartalk.framesDrawn >= 10")
-        drawn_before = driver.execute_script("return window.eartalk.framesDrawn")
-        slider = driver.find_element(By.ID, "slider-head_pose-yaw")
-        for _ in range(10):
-            slider.send_keys(Keys.ARROW_RIGHT)  # a person moving the slider: input events, one control each
-        ack = wait_for(driver, "return window.eartalk.acks.find(a => a.name === 'head_pose')")
-        assert ack["frame"] >= drawn_before and not ack["cleared"]
-        wait_for(driver, f"return window.eartalk.framesDrawn >= {drawn_before + 15}")
-        time.sleep(0.3)
-        shot = artifacts / "serve_page.png"
-        driver.save_screenshot(str(shot))
-        print(f"screenshot: {shot}")
-        pixels = driver.execute_script(
-            "const c = document.getElementById('view'); const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
-            "let lo = 255, hi = 0; for (let i = 0; i < d.length; i += 4) { lo = Math.min(lo, d[i]); hi = Math.max(hi, d[i]); }"
-            "return [lo, hi];")
-        assert pixels[1] - pixels[0] > 20, f"the canvas shows a frame, not a flat colour: {pixels}"
-        yaw = float(driver.find_element(By.CSS_SELECTOR, "#control-head_pose output").text)
-        assert yaw > 0, "the slider moved"
-        acks_listed = driver.find_elements(By.CSS_SELECTOR, "#acks li")
-        assert acks_listed and "head_pose set -> frame" in acks_listed[-1].text
-        assert driver.execute_script("return window.eartalk.errors") == []
-        fps = driver.find_element(By.ID, "stat-fps").text
-        assert fps != "-", "the page shows its fps"
-        assert float(driver.find_element(By.ID, "stat-latency").text) > 0
+        yield running, driver
     finally:
         driver.quit()
         running.close()
+
+
+def test_page_streams_and_a_slider_moved_mid_stream_is_acknowledged(page, tmp_path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    running, driver = page
+    artifacts = Path(os.environ.get("EARTALK_TEST_ARTIFACTS", tmp_path))
+    artifacts.mkdir(parents=True, exist_ok=True)
+    driver.get(running.url + "/")
+    wait_for(driver, "return document.getElementById('slider-head_pose-yaw') !== null")
+    seconds = driver.find_element(By.ID, "speech-seconds")
+    seconds.clear()
+    seconds.send_keys("6")
+    driver.find_element(By.ID, "start").click()
+    wait_for(driver, "return window.eartalk.framesDrawn >= 10")
+    drawn_before = driver.execute_script("return window.eartalk.framesDrawn")
+    slider = driver.find_element(By.ID, "slider-head_pose-yaw")
+    for _ in range(10):
+        slider.send_keys(Keys.ARROW_RIGHT)  # a person moving the slider: input events, one control each
+    ack = wait_for(driver, "return window.eartalk.acks.find(a => a.name === 'head_pose')")
+    assert ack["frame"] >= drawn_before and not ack["cleared"]
+    wait_for(driver, f"return window.eartalk.framesDrawn >= {drawn_before + 15}")
+    time.sleep(0.3)
+    shot = artifacts / "serve_page.png"
+    driver.save_screenshot(str(shot))
+    print(f"screenshot: {shot}")
+    pixels = driver.execute_script(
+        "const c = document.getElementById('view'); const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        "let lo = 255, hi = 0; for (let i = 0; i < d.length; i += 4) { lo = Math.min(lo, d[i]); hi = Math.max(hi, d[i]); }"
+        "return [lo, hi];")
+    assert pixels[1] - pixels[0] > 20, f"the canvas shows a frame, not a flat colour: {pixels}"
+    yaw = float(driver.find_element(By.CSS_SELECTOR, "#control-head_pose output").text)
+    assert yaw > 0, "the slider moved"
+    acks_listed = driver.find_elements(By.CSS_SELECTOR, "#acks li")
+    assert acks_listed and "head_pose set -> frame" in acks_listed[-1].text
+    assert driver.execute_script("return window.eartalk.errors") == []
+    fps = driver.find_element(By.ID, "stat-fps").text
+    assert fps != "-", "the page shows its fps"
+    assert float(driver.find_element(By.ID, "stat-latency").text) > 0
+    driver.find_element(By.ID, "stop").click()
+    wait_for(driver, "return document.getElementById('stat-state').textContent.startsWith('ended')"
+                     " || document.getElementById('stat-state').textContent === 'idle'")
+
+
+def test_page_streams_from_the_microphone(page) -> None:
+    """Chromium's fake microphone, through the page's 16 kHz chunks, drives the stream."""
+    from selenium.webdriver.common.by import By
+
+    running, driver = page
+    driver.get(running.url + "/")
+    wait_for(driver, "return document.getElementById('slider-head_pose-yaw') !== null")
+    driver.find_element(By.CSS_SELECTOR, "input[name=speech][value=microphone]").click()
+    driver.find_element(By.ID, "start").click()
+    wait_for(driver, "return window.eartalk.framesDrawn >= 10", timeout=90)
+    assert driver.execute_script("return window.eartalk.errors") == []
+    assert "streaming" in driver.find_element(By.ID, "stat-state").text
+    driver.find_element(By.ID, "stop").click()
+    wait_for(driver, "return !document.getElementById('start').disabled")
