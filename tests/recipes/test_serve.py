@@ -527,3 +527,21 @@ def test_server_memory_stays_flat_over_500_sessions(server) -> None:
     growth = samples[500] - samples[100]
     print(f"server RSS (MiB) by sessions opened: {samples}; growth 100 -> 500: {growth:.1f} MiB")
     assert growth < 25, samples
+
+
+@pytest.mark.slow
+def test_bench_serve_cli_prints_the_figures() -> None:
+    """`eartalk bench serve` starts `eartalk serve` in a child process and measures it with the client."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "eartalk", "bench", "serve", "--preset", "tiny", "--sessions", "2",
+                          "--frames", "12", "--json"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    for key in ("first_frame_ms", "latency_ms_p50", "latency_ms_p95", "control_to_frame_frames", "fps"):
+        assert isinstance(result[key], (int, float)) and result[key] >= 0, key
+    assert result["sessions"] == 2 and [s["frames"] for s in result["per_session"]] == [12, 12]
+    assert result["latency_ms_p95"] >= result["latency_ms_p50"] > 0
+    assert result["control_to_frame_frames_max"] <= 8  # at most the send queue
