@@ -55,6 +55,7 @@ STATIC = Path(__file__).resolve().parent / "static"
 BUNDLED_SPEECH_SECONDS = 20.0
 _LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9_:+-]{0,63}$")  # label values: never a path (no '.', '/', '\\')
 _MB = 2**20
+MAX_AUDIO_CHUNKS = 256  # live-audio chunks waiting for the session thread, per session
 
 
 @attrs.frozen
@@ -420,7 +421,8 @@ class Session:
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"eartalk-session-{sid}")
         self.out: asyncio.Queue = asyncio.Queue(maxsize=self.config.queue_frames)
         self.controls: queue.SimpleQueue = queue.SimpleQueue()
-        self.audio_in: queue.SimpleQueue = queue.SimpleQueue()
+        self.audio_in: queue.Queue = queue.Queue(maxsize=MAX_AUDIO_CHUNKS)  # live audio, bounded
+        self.microphone = False  # the running stream reads live audio
         self.closed = threading.Event()
         self.stop_requested = threading.Event()
         self.job: asyncio.Future | None = None
@@ -449,25 +451,40 @@ class Session:
         elif kind == "stop":
             if self.streaming:
                 self.stop_requested.set()
-                self.audio_in.put(None)
+                self._end_audio()
         elif kind == "audio_end":
-            self.audio_in.put(None)
+            self._end_audio()
         elif kind == "ping":
             await self.ws.send_json({"type": "pong", "id": message.get("id"), "streaming": self.streaming})
         else:
             raise ClientError("bad_message", f"unknown message type {kind!r}; use start, control, clear, stop, audio_end or ping")
+
+    def _end_audio(self) -> None:
+        with contextlib.suppress(queue.Full):
+            self.audio_in.put_nowait(None)
 
     async def handle_binary(self, data: bytes) -> None:
         if not data:
             raise ClientError("bad_message", "empty binary message")
         kind, payload = data[0], data[1:]
         if kind == wire.AUDIO_CHUNK:
+            if not self.microphone:
+                raise ClientError("not_streaming", "live audio needs a running stream started with speech 'microphone'")
+            if not self.streaming:
+                return  # a late chunk of a microphone stream that has ended
+            if len(payload) % 4 or len(payload) > 4 * AUDIO_SAMPLE_RATE:
+                raise ClientError("bad_upload", "audio chunk: at most 1 s of 16 kHz mono float32 little-endian samples "
+                                                "(4 bytes each)")
             if len(payload) % 4:
                 raise ClientError("bad_upload", "audio chunk: 16 kHz mono float32 little-endian samples (4 bytes each)")
             samples = np.frombuffer(payload, dtype="<f4").astype(np.float32)
             if not np.isfinite(samples).all():
                 raise ClientError("bad_upload", "audio chunk: samples must be finite")
-            self.audio_in.put(np.clip(samples, -1.0, 1.0))
+            try:
+                self.audio_in.put_nowait(np.clip(samples, -1.0, 1.0))
+            except queue.Full:
+                raise ClientError("too_large", f"live audio arrives faster than frames are made: {MAX_AUDIO_CHUNKS} "
+                                               "chunks wait already; this chunk was dropped") from None
             return
         what = {wire.UPLOAD_PORTRAIT: ("portrait", self.config.max_image_bytes),
                 wire.UPLOAD_AUDIO: ("audio", self.config.max_audio_bytes)}.get(kind)
@@ -540,6 +557,7 @@ class Session:
         while not self.controls.empty():
             self.controls.get_nowait()
         self.running = True
+        self.microphone = request.speech == "microphone"
         self.job = asyncio.wrap_future(self.executor.submit(self._run, request))
 
     def _plugin(self, name: Any) -> Any:
@@ -584,7 +602,7 @@ class Session:
         """Stop the thread (after at most one frame), remove the uploads, free the slot."""
         self.closed.set()
         self.stop_requested.set()
-        self.audio_in.put(None)
+        self._end_audio()
         if self.job is not None:
             with contextlib.suppress(Exception):
                 await self.job

@@ -545,3 +545,12 @@ def test_bench_serve_cli_prints_the_figures() -> None:
     assert result["sessions"] == 2 and [s["frames"] for s in result["per_session"]] == [12, 12]
     assert result["latency_ms_p95"] >= result["latency_ms_p50"] > 0
     assert result["control_to_frame_frames_max"] <= 8  # at most the send queue
+
+
+def test_live_audio_outside_a_microphone_stream_is_refused(server) -> None:
+    async def go():
+        async with ServeClient(server.url) as c:
+            return await error_of(c, lambda: c.send_audio_chunk(np.zeros(160, np.float32)))
+
+    error = run(go())
+    assert error["code"] == "not_streaming" and "microphone" in error["message"]
