@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from eartalk.core.config import structure
+from eartalk.core.config import structure, unstructure
 from eartalk.core.errors import ConfigError, EartalkError, InputError
 from eartalk.recipes.common import read_metrics
 from eartalk.recipes.train import TrainConfig, TrainRecipe, load_trained
@@ -40,7 +40,7 @@ def losses(run: Path, key: str = "train/loss") -> list[float]:
 def vae_run(synth_data: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("vae")
     cfg = structure({"out_dir": str(out), "data": {"root": str(synth_data), "clip_frames": 2, "batch_size": 2},
-                     "optim": {"lr": 3e-3, "warmup_steps": 3}, "trainer": trainer_cfg(30)}, VAEConfig)
+                     "optim": {"lr": 3e-3, "warmup_steps": 3}, "trainer": trainer_cfg(30, every=15)}, VAEConfig)
     VAERecipe().run(cfg)
     return out
 
@@ -49,9 +49,14 @@ def test_vae_recipe_learns_and_fits_latent_stats(vae_run: Path) -> None:
     curve = losses(vae_run)
     assert len(curve) >= 25
     assert sum(curve[-5:]) / 5 < 0.6 * sum(curve[:3]) / 3, f"VAE loss did not fall: {curve[:5]} -> {curve[-10:]}"
-    ckpt = torch.load(vae_run / "checkpoints" / "vae.ckpt", map_location="cpu", weights_only=False)
-    std = ckpt["state_dict"]["vae.latent_std"]
-    assert not torch.allclose(std, torch.ones_like(std)), "latent statistics were fitted after training"
+    stds = {}
+    for name in ("vae.ckpt", "last.ckpt", "step000015.ckpt"):
+        ckpt = torch.load(vae_run / "checkpoints" / name, map_location="cpu", weights_only=False)
+        std = ckpt["state_dict"]["vae.latent_std"]
+        assert not torch.allclose(std, torch.ones_like(std)), f"{name}: latent statistics were fitted at its save"
+        assert ckpt["eartalk"]["kind"] == "vae" and ckpt["eartalk"]["latent_stats"]["std"] == std.tolist()
+        stds[name] = std
+    assert not torch.equal(stds["step000015.ckpt"], stds["vae.ckpt"]), "each save fits the stats of its own weights"
     assert (vae_run / "config.resolved.yaml").is_file() and (vae_run / "loss.png").is_file()
 
 
@@ -107,7 +112,7 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoints(synth_data: Path,
 
     monkeypatch.setattr(EarTalkModel, "loss", flaky)
     cfg = train_config(tmp_path / "nan", synth_data, vae_run / "checkpoints" / "vae.ckpt", 10)
-    cfg = structure({**__import__("eartalk.core.config", fromlist=["unstructure"]).unstructure(cfg),
+    cfg = structure({**unstructure(cfg),
                      "trainer": {**trainer_cfg(10, every=2)}}, TrainConfig)
     with pytest.raises(EartalkError, match=r"(?s)loss became nan at step \d+.*checkpoints"):
         TrainRecipe().run(cfg)
@@ -129,6 +134,105 @@ def test_finetune_from_checkpoint_with_frozen_parts(synth_data: Path, vae_run: P
         TrainRecipe().run(train_config(tmp_path / "x", synth_data, tmp_path / "missing.ckpt", 5))
 
 
+def test_train_refuses_a_missing_vae_unless_random(synth_data: Path, tmp_path: Path) -> None:
+    for value in (None, ""):
+        cfg = train_config(tmp_path / "x", synth_data, "random", 1)
+        cfg = structure({**unstructure(cfg), "model": {**unstructure(cfg.model), "vae_checkpoint": value}}, TrainConfig)
+        with pytest.raises(ConfigError, match=r"(?s)model.vae_checkpoint is not set.*vae_tiny_train.yaml.*random"):
+            TrainRecipe().run(cfg)
+    assert not (tmp_path / "x").exists(), "refused before anything is written"
+
+
+def test_wrong_checkpoint_kinds_are_named(vae_run: Path, model_run: Path, synth_data: Path, tmp_path: Path) -> None:
+    from eartalk.recipes.generate import generate_video
+
+    vae_ckpt = vae_run / "checkpoints" / "vae.ckpt"
+    with pytest.raises(InputError, match=r"(?s)is a frame-VAE checkpoint.*the `train` recipe writes it as runs/<run>/checkpoints/last\.ckpt"):
+        generate_video(vae_ckpt, "portrait.png", None, tmp_path / "x.mp4", num_frames=2)
+    model_ckpt = model_run / "checkpoints" / "last.ckpt"
+    with pytest.raises(InputError, match=r"(?s)is an eartalk model checkpoint.*expected a frame-VAE checkpoint"):
+        TrainRecipe().run(train_config(tmp_path / "y", synth_data, model_ckpt, 1))
+    with pytest.raises(InputError, match=r"is a frame-VAE checkpoint"):
+        TrainRecipe().run(train_config(tmp_path / "z", synth_data, vae_ckpt, 1, init_from=str(vae_ckpt)))
+
+
+def test_finetune_with_a_changed_stack(synth_data: Path, vae_run: Path, model_run: Path, tmp_path: Path, real_dir: Path,
+                                       landmarker_path: Path, monkeypatch) -> None:
+    """init_from a checkpoint whose stack lacks `gaze` and has `emotion`, which the new config drops:
+    the old plugins and their type-embedding rows load and (frozen) stay; gaze starts fresh and learns;
+    the old slots keep their offsets; generate refuses `emotion` afterwards, naming what it learnt."""
+    from eartalk.recipes.generate import generate_video
+
+    base = load_trained(model_run / "checkpoints" / "last.ckpt")
+    new_conditions = [{"name": "gaze"}, {"name": "audio"}, {"name": "head_pose"}, {"name": "blink"}]
+    cfg = train_config(tmp_path / "ft", synth_data, vae_run / "checkpoints" / "vae.ckpt", 4,
+                       init_from=str(model_run / "checkpoints" / "last.ckpt"), finetune={"base": "freeze"})
+    cfg = structure({**unstructure(cfg), "conditions": new_conditions}, TrainConfig)
+    TrainRecipe().run(cfg)
+    tuned = load_trained(tmp_path / "ft" / "checkpoints" / "last.ckpt")
+    assert tuned.stack.names == ["audio", "head_pose", "blink", "gaze"], "old plugins keep their order, new ones follow"
+    old_layout = {s.name: (s.offset, s.slots) for s in base.stack.layout}
+    for span in tuned.stack.layout[:3]:
+        assert (span.offset, span.slots) == old_layout[span.name], f"{span.name} moved"
+    for name in ("audio", "head_pose", "blink"):
+        old = dict(base.stack.plugin(name).named_parameters())
+        for key, value in tuned.stack.plugin(name).named_parameters():
+            assert torch.equal(value, old[key]), f"{name}.{key} changed although frozen"
+        assert torch.equal(tuned.stack.type_embedding[tuned.stack.names.index(name)],
+                           base.stack.type_embedding[base.stack.names.index(name)]), f"type embedding of {name} moved"
+    for key, value in tuned.backbone.named_parameters():
+        assert torch.equal(value, dict(base.backbone.named_parameters())[key]), f"frozen backbone {key} changed"
+    import lightning as L
+
+    from eartalk.recipes.train import EarTalkModule
+
+    L.seed_everything(cfg.seed, verbose=False)  # the recipe seeds, then builds: the same fresh gaze init
+    fresh = EarTalkModule(unstructure(cfg)).model.stack.plugin("gaze")
+    moved = [k for k, v in tuned.stack.plugin("gaze").named_parameters() if not torch.equal(v, dict(fresh.named_parameters())[k])]
+    assert moved, "the new plugin's tokenizer / null token trained"
+    ckpt = torch.load(tmp_path / "ft" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["eartalk"]["conditions"][-1]["name"] == "gaze"
+    assert [c["name"] for c in ckpt["eartalk"]["conditions"]] == tuned.stack.names, "the checkpoint records its stack"
+    monkeypatch.setenv("EARTALK_FACE_LANDMARKER", str(landmarker_path))
+    with pytest.raises(InputError, match=r"never learnt the control 'emotion'.*audio, head_pose, blink, gaze"):
+        generate_video(tmp_path / "ft" / "checkpoints" / "last.ckpt", real_dir / "image" / "LivePortrait__s42.jpg", None,
+                       tmp_path / "g.mp4", controls=["emotion=happy"], num_frames=2)
+
+
+def test_finetune_new_plugin_trains_and_lower_lr_groups(synth_data: Path, vae_run: Path, model_run: Path, tmp_path: Path) -> None:
+    from eartalk.recipes.train import EarTalkModule
+
+    raw = unstructure(train_config(tmp_path / "m", synth_data, vae_run / "checkpoints" / "vae.ckpt", 4,
+                                   init_from=str(model_run / "checkpoints" / "last.ckpt"),
+                                   finetune={"base": "lower_lr", "base_lr_scale": 0.1}))
+    raw["conditions"] = [*CONDITIONS, {"name": "gaze"}]
+    module = EarTalkModule(raw)
+    assert module.init_report.fresh == ["gaze"] and module.init_report.dropped == []
+    opt = module.configure_optimizers()["optimizer"]
+    lr_of = {id(p): g["initial_lr"] for g in opt.param_groups for p in g["params"]}  # before the warm-up factor
+    params = dict(module.named_parameters())
+    assert lr_of[id(params["model.backbone.latent_in.weight"])] == pytest.approx(2e-4)
+    gaze = [n for n in params if n.startswith("model.stack.plugins.gaze.")]
+    assert gaze and all(lr_of[id(params[n])] == pytest.approx(2e-3) for n in gaze)
+    assert lr_of[id(params["model.stack.type_embedding"])] == pytest.approx(2e-3)
+
+
+def test_changed_plugin_is_an_error_unless_reinitialised(synth_data: Path, vae_run: Path, model_run: Path, tmp_path: Path) -> None:
+    from eartalk.recipes.train import EarTalkModule
+
+    raw = unstructure(train_config(tmp_path / "m", synth_data, vae_run / "checkpoints" / "vae.ckpt", 4,
+                                   init_from=str(model_run / "checkpoints" / "last.ckpt")))
+    raw["conditions"] = [{"name": "audio", "options": {"n_mels": 24}}, *CONDITIONS[1:]]
+    with pytest.raises(InputError, match=r"(?s)different version of condition\(s\) 'audio'.*n_mels.*finetune.reinit"):
+        EarTalkModule(raw)
+    base = load_trained(model_run / "checkpoints" / "last.ckpt")
+    module = EarTalkModule({**raw, "finetune": {"reinit": ["audio"]}})
+    assert module.init_report.fresh == ["audio"]
+    assert torch.equal(module.model.stack.plugin("blink").null_token, base.stack.plugin("blink").null_token)
+    with pytest.raises(ConfigError, match="finetune.reinit"):
+        EarTalkModule({**raw, "finetune": {"reinit": ["gase"]}})
+
+
 def test_generate_cli_writes_controlled_video(model_run: Path, real_dir: Path, landmarker_path: Path, tmp_path: Path, monkeypatch) -> None:
     from eartalk.core.media.io import read_video
     from eartalk.recipes.generate import generate_video
@@ -143,7 +247,7 @@ def test_generate_cli_writes_controlled_video(model_run: Path, real_dir: Path, l
     clip = read_video(out)
     assert clip.frames.shape[0] == 8 and clip.frames.shape[-1] == 64
     assert clip.audio is not None and abs(clip.audio.shape[0] - 8 * 640) <= 640
-    with pytest.raises(EartalkError, match="unknown|not in this stack"):
+    with pytest.raises(EartalkError, match=r"never learnt the control 'gase'; it was trained with audio, head_pose, blink, emotion"):
         generate_video(ckpt, real_dir / "image" / "LivePortrait__s42.jpg", None, tmp_path / "x.mp4", controls=["gase=1"], num_frames=2)
     gray = tmp_path / "gray.png"
     from PIL import Image
