@@ -35,6 +35,7 @@ def install(name: str, tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}
 
 
+@pytest.mark.slow  # three subprocesses importing torch: ~20 s idle, ~100 s on a loaded 2-core box
 def test_metric_package_is_listed_and_evaluate_uses_it_by_name(tmp_path: Path) -> None:
     env = install("eartalk-sharpness", tmp_path)
     listed = run([sys.executable, "-m", "eartalk", "plugins", "--json", "--kind", "metric"], cwd=tmp_path, env=env)

@@ -79,6 +79,7 @@ def datamodule(root: Path):
     return TalkingHeadDataModule(root, clip_frames=6, batch_size=2, stack=stack, val_fraction=0.0), stack
 
 
+@pytest.mark.slow  # MediaPipe on 3 clips + 10 training steps
 def test_face_plugin_on_synthetic_clips_is_present_and_its_tokenizer_trains(
         synth_root: Path, face_width_installed, landmarker_path: Path, monkeypatch, tmp_path: Path) -> None:
     from eartalk.conditions.presence import check_presence
