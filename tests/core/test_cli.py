@@ -221,3 +221,41 @@ def test_conditions_doc_table_is_in_sync_with_the_plugins() -> None:
     shipped = doc.split(begin, 1)[1].split(end, 1)[0]
     assert shipped == conditions_markdown(), (
         "docs/conditions.md is out of date: replace the generated block with `eartalk plugins --markdown`")
+
+
+NATIVE_LOG_LINES = ("Logging before InitGoogle", "Sets FaceBlendshapesGraph acceleration to xnnpack",
+                    "Created TensorFlow Lite XNNPACK delegate", "Feedback manager requires a model with a single signature")
+
+
+@pytest.mark.slow
+def test_generate_stderr_is_quiet_and_reports_progress(tmp_path: Path, real_dir: Path, landmarker_path: Path) -> None:
+    """A normal `eartalk generate` run: none of MediaPipe/TFLite's native log lines on stderr (they
+    come back with -v), a progress line with frames and fps, the final fps, and what `blink=off` did."""
+    from eartalk.core.config import structure
+    from eartalk.core.data.synth import synthesize_dataset
+    from eartalk.recipes.train import TrainConfig, TrainRecipe
+
+    data = synthesize_dataset(tmp_path / "data", clips=2, seconds=1.0, resolution=64, seed=1)
+    cfg = structure({"out_dir": str(tmp_path / "run"), "model": {"preset": "tiny", "vae_checkpoint": "random",
+                                                                 "arch": {"window": 3, "period": 6}},
+                     "conditions": [{"name": "audio"}, {"name": "blink"}],
+                     "data": {"root": str(data), "clip_frames": 6, "batch_size": 2},
+                     "trainer": {"max_steps": 2, "val_every_n_steps": 2, "checkpoint_every_n_steps": 2,
+                                 "progress_bar": False, "accelerator": "cpu"}}, TrainConfig)
+    ckpt = TrainRecipe().run(cfg)
+    exe = shutil.which("eartalk", path=str(Path(sys.executable).parent)) or "eartalk"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PYTEST")},
+           "EARTALK_FACE_LANDMARKER": str(landmarker_path), "OMP_NUM_THREADS": "1"}
+    args = [exe, "generate", "--checkpoint", str(ckpt), "--portrait", str(real_dir / "image" / "LivePortrait__s42.jpg"),
+            "--audio", str(real_dir / "audio" / "dreamtalk__spanish1.wav"), "--frames", "30", "--steps", "1",
+            "--denoise", "1", "--control", "blink=off@0:10", "--out", str(tmp_path / "out.mp4")]
+    quiet = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    assert quiet.returncode == 0, quiet.stderr
+    for line in NATIVE_LOG_LINES:
+        assert line not in quiet.stderr, f"native log line on stderr: {line}\n{quiet.stderr}"
+    assert "generated 25/30 frames (" in quiet.stderr and "generated 30 frames in" in quiet.stderr
+    assert "fps" in quiet.stderr and f"wrote {tmp_path / 'out.mp4'}" in quiet.stdout
+    assert "blink=off on frames 0-9: absent (the learned null token)" in quiet.stderr
+    verbose = subprocess.run([exe, "-v", *args[1:]], capture_output=True, text=True, env=env, timeout=600)
+    assert verbose.returncode == 0, verbose.stderr[-3000:]
+    assert any(line in verbose.stderr for line in NATIVE_LOG_LINES), "-v shows the native logs"
