@@ -137,7 +137,18 @@ def _median_ms(values: Sequence[float]) -> float:
     return round(statistics.median(values) * 1000, 2) if values else float("nan")
 
 
-def bench_stream(
+def bench_stream(*args: Any, precision: str = "32-true", **kwargs: Any) -> dict[str, Any]:
+    """:func:`_bench_stream` at ``precision`` (``32-true``, ``bf16-mixed`` autocast or ``bf16-true`` weights)."""
+    from eartalk.core.engine.devices import autocast, check_precision
+
+    check_precision(precision)
+    with autocast(kwargs.get("device", "cpu"), precision):
+        result = _bench_stream(*args, precision=precision, **kwargs)
+    result["precision"] = precision
+    return result
+
+
+def _bench_stream(
     preset: str = "small",
     frames: int = 64,
     warmup: int = 2,
@@ -148,6 +159,7 @@ def bench_stream(
     nocache_frames: int = 4,
     progress: Callable[[int, int], None] | None = None,
     seed: int = 0,
+    precision: str = "32-true",
     **overrides: Any,
 ) -> dict[str, Any]:
     """Stream ``frames`` frames with untrained weights and measure latency, memory and efficiency.
@@ -175,7 +187,9 @@ def bench_stream(
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     torch.manual_seed(seed)
     stack = stack if stack is not None else build_stack(arch, conditions, registry)
-    model = EarTalkModel(arch, stack).to(device).eval()
+    from eartalk.core.engine.devices import place
+
+    model = place(EarTalkModel(arch, stack), device, precision).eval()
     reference = torch.rand(3, arch.resolution, arch.resolution, generator=torch.Generator().manual_seed(seed)) * 2 - 1
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     total = frames + nocache_frames + window
@@ -255,7 +269,7 @@ def _time_backbone(model: EarTalkModel, session: Any, device: str, sync: Callabl
     """Median seconds of one cached backbone step and of recomputing sink + W blocks."""
     bb, w = model.backbone, model.arch.window
     b = session.branches * session.batch
-    cond = torch.zeros(b, model.stack.num_slots, model.stack.d_model, device=device)
+    cond = torch.zeros(b, model.stack.num_slots, model.stack.d_model, device=device, dtype=session.dtype)
     prev = session.prev_tokens.repeat(session.branches, 1, 1)
     ref = session.ref_tokens.repeat(session.branches, 1, 1)
     cached, full = [], []

@@ -104,12 +104,23 @@ class BenchCommand(Command):
         stream.add_argument("--frames", type=int, default=64, help="frames to stream (default 64)")
         stream.add_argument("--warmup", type=int, default=2, help="frames left out of the statistics (default 2)")
         stream.add_argument("--nocache-frames", type=int, default=4, help="frames timed without kv-cache (default 4)")
-        stream.add_argument("--device", default="cpu", help="torch device (default cpu)")
+        stream.add_argument("--device", default="auto", help="torch device (default: cuda when available, else cpu)")
+        stream.add_argument("--precision", default="32-true", help="32-true, bf16-mixed or bf16-true (default 32-true)")
         stream.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
         stream.add_argument("--steps", type=int, help="K, MAR steps (default: the preset's)")
         stream.add_argument("--denoise-steps", type=int, help="D, diffusion steps (default: the preset's)")
         stream.add_argument("--cfg", type=float, help="guidance scale (default: the preset's)")
         stream.add_argument("--seed", type=int, default=0)
+        train = sub.add_parser("train", help="training-step time: dense vs block-sparse attention, with/without latents")
+        _add_common(train)
+        train.set_defaults(preset="base")
+        train.add_argument("--frames", type=int, default=33, help="frames per clip T (default 33, the base config's)")
+        train.add_argument("--batch", type=int, default=1, help="clips per step (default 1)")
+        train.add_argument("--scale", type=int, default=8, help="divide widths and depths by this (default 8; 1 on a GPU)")
+        train.add_argument("--reps", type=int, default=2, help="timed steps per variant (default 2)")
+        train.add_argument("--device", default="auto", help="torch device (default: cuda when available, else cpu)")
+        train.add_argument("--precision", default="32-true", help="32-true, bf16-mixed or bf16-true (default 32-true)")
+        train.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
         # Other commands may add a benchmark here (e.g. `bench serve`): a registered command with a
         # `bench_action` name, `bench_help`, and `add_bench_arguments(parser)` / `run_bench(args)`.
         from eartalk.core.registry import get_registry
@@ -131,6 +142,12 @@ class BenchCommand(Command):
             return int(self.extensions[args.action].run_bench(args) or 0)
         if args.threads:
             torch.set_num_threads(args.threads)
+        from eartalk.core.engine.devices import check_precision, resolve_device
+
+        args.device = resolve_device(args.device)
+        check_precision(args.precision)
+        if args.action == "train":
+            return _bench_train(args)
         kwargs = _arch_overrides(args.arch)
         sampling: dict[str, Any] = kwargs.pop("sampling", {})
         for key, value in (("steps", args.steps), ("denoise_steps", args.denoise_steps), ("cfg", args.cfg)):
@@ -146,6 +163,7 @@ class BenchCommand(Command):
             device=args.device,
             nocache_frames=args.nocache_frames,
             seed=args.seed,
+            precision=args.precision,
             **kwargs,
         )
         if args.json:
@@ -162,6 +180,28 @@ class BenchCommand(Command):
         for key, value in result.items():
             console.print(f"[bold]{key}[/bold]: {value}")
         return 0
+
+
+def _bench_train(args: argparse.Namespace) -> int:
+    """``eartalk bench train``: see :mod:`eartalk.core.engine.bench_train`."""
+    from eartalk.core.engine.bench_train import bench_train
+
+    common = dict(preset=args.preset, frames=args.frames, batch=args.batch, scale=args.scale, reps=args.reps,
+                  device=args.device, precision=args.precision, conditions=_names(args.conditions),
+                  **_arch_overrides(args.arch))
+    if args.json:
+        print_json(bench_train(**common))
+        return 0
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("training steps"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
+        task = bar.add_task("steps", total=None)
+        result = bench_train(progress=lambda done, total: bar.update(task, completed=done, total=total), **common)
+    console = Console()
+    for key, value in result.items():
+        console.print(f"[bold]{key}[/bold]: {value}")
+    return 0
 
 
 @hookimpl
