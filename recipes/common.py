@@ -74,6 +74,41 @@ def make_optimizer(
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+def preflight_conditions(specs: Any, source: str = "conditions") -> None:
+    """Build a condition stack and run each plugin once on one second of silence, before any training.
+
+    Building a plugin imports its dependencies (torchaudio, pyannote.audio, ...) and running its
+    ``extract`` exercises them, so a broken install fails here, in seconds, with the plugin named,
+    instead of minutes into a run. Plugins that need a face track are built but not run.
+
+    Raises:
+        ConfigError: a plugin cannot be built or run on this install.
+    """
+    from eartalk.conditions.stack import ConditionStack
+    from eartalk.core.errors import ConfigError
+    from eartalk.core.types import SAMPLES_PER_FRAME, Sample
+
+    specs = list(specs)
+    try:
+        stack = ConditionStack.from_specs(specs, 8, source=source)
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 - an import or build failure of a plugin dependency
+        raise ConfigError(f"{source}: a condition plugin cannot be built on this install ({type(err).__name__}: {err}); "
+                          "reinstall as the README says (pip install -e \".[dev]\" -c constraints.txt)") from err
+    sample = Sample(frames=None, audio=torch.zeros(25 * SAMPLES_PER_FRAME), metadata={}, num_frames=25)
+    for name in stack.names:
+        plugin = stack.plugin(name)
+        if "face" in plugin.requires or "frames" in plugin.requires:
+            continue
+        try:
+            with torch.no_grad():
+                plugin.extract(sample)
+        except Exception as err:  # noqa: BLE001
+            raise ConfigError(f"{source}: condition {name!r} cannot run on this install ({type(err).__name__}: {err}); "
+                              "reinstall as the README says (pip install -e \".[dev]\" -c constraints.txt)") from err
+
+
 def check_finite(loss: torch.Tensor, step: int, out_dir: str | Path) -> None:
     """Stop with a clear error (checkpoints already written stay) when the loss is NaN or inf."""
     if not torch.isfinite(loss).all():

@@ -20,7 +20,7 @@ from eartalk.conditions.stack import ConditionSpec
 from eartalk.core.config import structure, unstructure
 from eartalk.core.errors import ConfigError, InputError
 from eartalk.recipes.base import Recipe
-from eartalk.recipes.common import RecipeModule, fit
+from eartalk.recipes.common import RecipeModule, fit, preflight_conditions
 from eartalk.recipes.config import (
     DataConfig,
     ModelConfig,
@@ -291,6 +291,7 @@ class TrainRecipe(Recipe):
 
     def run(self, config: TrainConfig, overrides: list[str] | None = None, on_start: Any = None) -> Path:
         check_inputs(config)
+        preflight_conditions(config.conditions)  # a broken plugin dependency fails now, not minutes in
         return fit(config, lambda: EarTalkModule(unstructure(config)), lambda m: m.model.stack, "last.ckpt", on_start)
 
 
