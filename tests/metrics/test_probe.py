@@ -1,5 +1,6 @@
-"""Synthetic probe: it learns to read controls from rendered frames of unseen identities, its
-files round-trip, its error maths is right, and its metric plugins are proxies that see errors."""
+"""Synthetic probe: (slow) it learns to read every control from rendered frames of unseen
+identities; its files round-trip, its error maths is right, and its metric plugins are proxies
+that compare generated with reference readings."""
 
 from __future__ import annotations
 
@@ -29,31 +30,32 @@ from eartalk.metrics.probe import (
 
 
 @pytest.fixture(scope="module")
-def small_probe() -> tuple[SyntheticProbe, dict]:
-    """A probe trained for ~15 s: enough for pose and mouth, not for blink and emotion."""
-    return train_probe(ProbeTraining(identities=24, frames_per_identity=32, epochs=4, seed=5), progress=False)
+def random_probe() -> SyntheticProbe:
+    """An untrained probe: its readings differ between different frames, which is all the plumbing tests need."""
+    from eartalk.metrics.probe import prepare_frames
+
+    torch.manual_seed(0)
+    probe = SyntheticProbe()
+    frames = heldout_clips(1, 1.0, seed=5)[0].frames
+    with torch.no_grad():  # batch-norm statistics of real frames, so that readings vary with the frame
+        for _ in range(20):
+            probe(prepare_frames(frames))
+    return probe.eval()
 
 
 @pytest.fixture(scope="module")
-def probe_file(small_probe, tmp_path_factory) -> Path:
-    return save_probe(small_probe[0], tmp_path_factory.mktemp("probe") / "probe.pt", {"heldout_accuracy": {"x": 1.0}})
-
-
-def test_probe_training_lowers_loss_and_reads_unseen_identities_better_than_chance(small_probe) -> None:
-    probe, log = small_probe
-    assert log["loss_last"] < 0.75 * log["loss_first"], log
-    acc = evaluate_probe(probe, heldout_clips(3, 2.0, seed=4242))  # identities the probe never saw
-    assert acc["identities"] == 3 and acc["frames"] == 150
-    assert acc["yaw_mae_deg"] < 0.6 * acc["chance_yaw_mae_deg"], acc
-    assert acc["mouth_corr"] > 0.5, acc
+def probe_file(random_probe, tmp_path_factory) -> Path:
+    return save_probe(random_probe, tmp_path_factory.mktemp("probe") / "probe.pt", {"heldout_accuracy": {"x": 1.0}})
 
 
 @pytest.mark.slow
-def test_default_probe_reads_every_control_better_than_chance() -> None:
-    probe, _ = train_probe(ProbeTraining(), progress=False)
-    acc = evaluate_probe(probe, heldout_clips(6, 4.0))
+def test_trained_probe_reads_every_control_of_unseen_identities_better_than_chance() -> None:
+    probe, log = train_probe(ProbeTraining(), progress=False)
+    assert log["loss_last"] < 0.7 * log["loss_first"], log
+    acc = evaluate_probe(probe, heldout_clips(6, 4.0))  # identities the probe never saw
+    assert acc["identities"] == 6 and acc["frames"] == 600
     assert acc["yaw_mae_deg"] < 0.5 * acc["chance_yaw_mae_deg"], acc
-    assert acc["blink_f1"] > max(0.5, acc["chance_blink_f1"]), acc
+    assert acc["blink_f1"] > max(0.5, 3 * acc["chance_blink_f1"]), acc
     assert acc["emotion_accuracy"] > 2 * acc["chance_emotion_accuracy"], acc
     assert acc["mouth_corr"] > 0.8, acc
 
@@ -77,8 +79,8 @@ def test_reading_errors_maths() -> None:
     assert got["mouth_corr"] == pytest.approx(-1.0) and got["blink_f1"] == 0.0 and got["emotion_accuracy"] == 0.0
 
 
-def test_probe_file_round_trip_and_clear_errors(small_probe, probe_file: Path, tmp_path: Path) -> None:
-    probe, _ = small_probe
+def test_probe_file_round_trip_and_clear_errors(random_probe, probe_file: Path, tmp_path: Path) -> None:
+    probe = random_probe
     loaded, info, file = load_probe(probe_file)
     assert file == probe_file and info == {"heldout_accuracy": {"x": 1.0}}
     frames = heldout_clips(1, 0.4, seed=77)[0].frames
@@ -93,12 +95,12 @@ def test_probe_file_round_trip_and_clear_errors(small_probe, probe_file: Path, t
 
 
 def test_probe_metrics_are_registered_proxies_that_see_errors(probe_file: Path, monkeypatch) -> None:
-    from eartalk.core.registry import get_registry
+    from eartalk.metrics import register_commands, register_metrics
+    from eartalk.metrics.probe import ProbeCommand
 
-    names = set(get_registry().names("metric"))
-    assert {m.name for m in PROBE_METRICS} <= names
+    assert set(PROBE_METRICS) <= set(register_metrics()) and ProbeCommand in register_commands()
     assert all(m.fidelity == "proxy" and not m.name.startswith(("sync", "fid", "fvd")) for m in PROBE_METRICS)
-    clip = heldout_clips(1, 3.0, seed=99)[0]
+    clip = heldout_clips(1, 1.0, seed=99)[0]
     truth = VideoSet("truth", [Video(clip.frames, source="a.mp4")])
     same = VideoSet("same", [Video(clip.frames.clone(), source="a.mp4")])
     static = VideoSet("static", [Video(clip.frames[:1].expand(clip.frames.shape[0], -1, -1, -1).clone(), source="a.mp4")])
@@ -106,7 +108,7 @@ def test_probe_metrics_are_registered_proxies_that_see_errors(probe_file: Path, 
     yaw = ProbeHeadPose(options)
     assert yaw.compute(same, truth).value == pytest.approx(0.0, abs=1e-4)
     still = yaw.compute(static, truth)
-    assert still.value > 3.0 and still.fidelity == "proxy"  # the head moves in the truth, not in the still
+    assert still.value > 1e-3 and still.fidelity == "proxy"  # other frames read differently
     assert ProbeMouth(options).compute(static, truth).value == pytest.approx(0.0, abs=1e-6)
     assert ProbeMouth(options).compute(same, truth).value == pytest.approx(1.0)
     monkeypatch.delenv("EARTALK_PROBE_WEIGHTS", raising=False)

@@ -50,6 +50,9 @@ def test_streams_change_only_what_they_claim() -> None:
     assert not torch.equal(shuffled["audio"], item["signals"]["audio"])
     assert torch.equal(shuffled["audio"].sort(0).values, item["signals"]["audio"].sort(0).values)  # same rows, moved
     assert torch.equal(shuffled["head_pose"], item["signals"]["head_pose"])
+    blocks = torch.from_numpy(block_permutation(60, 25, seed=3))  # whole one-second blocks move
+    assert torch.equal(shuffled["audio"], item["signals"]["audio"][blocks])
+    assert torch.equal(shuffled["voice_activity"], item["signals"]["voice_activity"][blocks])
     sweep = stream_signals(item, "sweep")
     assert torch.equal(sweep["head_pose"][:, 0], torch.from_numpy(yaw_sweep(60)))
     assert (sweep["head_pose"][:, 1:3] == 0).all() and torch.equal(sweep["head_pose"][:, 3:], item["signals"]["head_pose"][:, 3:])
@@ -103,10 +106,10 @@ def test_bad_study_inputs_fail_clearly(tmp_path: Path) -> None:
 
 
 def test_study_command_is_registered() -> None:
-    from eartalk.core.registry import get_registry
+    from eartalk.recipes import register_commands
+    from eartalk.recipes.study import StudyCommand
 
-    assert "study" in get_registry().names("command")
-    assert "probe" in get_registry().names("command")
+    assert StudyCommand in register_commands() and StudyCommand.name == "study"
 
 
 @pytest.mark.slow
