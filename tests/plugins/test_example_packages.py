@@ -69,7 +69,7 @@ def test_metric_package_is_listed_and_evaluate_uses_it_by_name(tmp_path: Path) -
 
 
 @pytest.mark.slow
-def test_head_scale_package_passes_the_kit_and_trains(tmp_path: Path, landmarker_path: Path) -> None:
+def test_head_scale_package_passes_the_kit_and_trains(tmp_path: Path, landmarker_path: Path, real_dir: Path) -> None:
     env = {**install("eartalk-head-scale", tmp_path), "EARTALK_FACE_LANDMARKER": str(landmarker_path)}
     kit = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                str(tmp_path / "eartalk-head-scale" / "test_head_scale.py")], cwd=tmp_path, env=env)
@@ -102,10 +102,17 @@ def test_head_scale_package_passes_the_kit_and_trains(tmp_path: Path, landmarker
         "    opt.step()\n"
         "print(json.dumps({'presence': presence, 'norms': norms, 'finite': finite, 'losses': losses}))\n"
     )
-    trained = run([sys.executable, "-c", train, str(synth)], cwd=tmp_path, env=env)
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    result = json.loads(trained.stdout.strip().splitlines()[-1])
-    assert result["presence"] > 0.9, "the dataset computed the face track of the synthetic clips"
-    assert all(result["finite"]) and sum(n > 0 for n in result["norms"][4:]) >= 6, result["norms"]
-    assert sum(result["losses"][-3:]) < sum(result["losses"][:3]), result["losses"]
-    assert json.loads((synth / "presence.json").read_text())["conditions"]["head_scale"]["present"] > 0.9
+    # Real clips prepared by `eartalk prepare` (face tracks stored; head_scale computed from them).
+    real = tmp_path / "real"
+    prepared = run([sys.executable, "-m", "eartalk", "prepare", str(real_dir / "video" / "LivePortrait__d11.mp4"),
+                    "--out", str(real), "--resolution", "64", "--max-seconds", "2", "--conditions", "audio"],
+                   cwd=tmp_path, env=env)
+    assert prepared.returncode == 0, prepared.stderr[-3000:]
+    for root in (synth, real):
+        trained = run([sys.executable, "-c", train, str(root)], cwd=tmp_path, env=env)
+        assert trained.returncode == 0, trained.stderr[-3000:]
+        result = json.loads(trained.stdout.strip().splitlines()[-1])
+        assert result["presence"] > 0.9, f"{root.name}: head_scale present on the training frames"
+        assert all(result["finite"]) and sum(n > 0 for n in result["norms"][4:]) >= 6, (root.name, result["norms"])
+        assert sum(result["losses"][-3:]) < sum(result["losses"][:3]), (root.name, result["losses"])
+        assert json.loads((root / "presence.json").read_text())["conditions"]["head_scale"]["present"] > 0.9
