@@ -103,3 +103,58 @@ def test_example_plugin_package_installs_and_passes_the_kit(tmp_path: Path) -> N
     tests = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(example / "test_brightness.py")], cwd=tmp_path, env=env)
     assert tests.returncode == 0, tests.stdout[-2000:] + tests.stderr[-2000:]
     assert "passed" in tests.stdout
+
+
+# What a new user runs after the README's install (see test_fresh_venv_install_as_the_readme_says).
+AFTER_INSTALL = (
+    "import json, subprocess, sys, torch, torchaudio;"
+    "from eartalk.core.registry import get_registry;"
+    "from eartalk.conditions import ConditionSpec, ConditionStack;"
+    "from eartalk.core.types import Sample;"
+    "rows = json.loads(subprocess.run([sys.argv[1], 'plugins', '--json'], capture_output=True, text=True, check=True).stdout);"
+    "stack = ConditionStack.from_specs([ConditionSpec('audio')], 16);"
+    "sig = stack.plugin('audio').extract(Sample(audio=torch.randn(16000) * 0.1, num_frames=25));"
+    "print(json.dumps({'plugins': sorted(r['name'] for r in rows), 'audio': list(sig.shape),"
+    " 'finite': bool(torch.isfinite(sig).all()), 'torchaudio': torchaudio.__version__}))"
+)
+
+
+def check_after_install(python: Path, eartalk: Path, cwd: Path) -> dict:
+    result = run([str(python), "-c", AFTER_INSTALL, str(eartalk)], cwd=cwd)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    import json
+
+    info = json.loads(result.stdout.strip().splitlines()[-1])
+    assert {"audio", "head_pose", "blink", "emotion"} <= set(info["plugins"]), info
+    assert info["audio"][0] == 25 and info["finite"], "the audio plugin runs (torchaudio loads against this torch)"
+    return info
+
+
+@pytest.mark.slow
+def test_after_install_checks_pass_in_this_environment(tmp_path: Path) -> None:
+    """The post-install checks of the fresh-venv test, on the environment running the suite."""
+    info = check_after_install(Path(sys.executable), Path(sys.executable).with_name("eartalk"), tmp_path)
+    assert info["torchaudio"].split("+")[0] == "2.11.0"
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_fresh_venv_install_as_the_readme_says(tmp_path: Path) -> None:
+    """README: `python3.11 -m venv .venv && pip install -e ".[dev]" -c constraints.txt`, in a new
+    virtual environment from a clean copy of the tree, then `eartalk plugins` and the audio plugin.
+
+    Downloads the pinned wheels from the package registry (several GB with torch's CUDA
+    libraries; pip's cache makes reruns faster), so it runs in CI's slow run only.
+    """
+    src = clean_copy(REPO, tmp_path / "src")
+    venv = tmp_path / "venv"
+    made = run([sys.executable, "-m", "venv", str(venv)], cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    python, pip = venv / "bin" / "python", venv / "bin" / "pip"
+    installed = subprocess.run([str(pip), "install", "-e", ".[dev]", "-c", "constraints.txt"], cwd=src,
+                               capture_output=True, text=True, timeout=3600)
+    assert installed.returncode == 0, installed.stdout[-3000:] + installed.stderr[-3000:]
+    imports = run([str(python), "-c", "import torchaudio, pyannote.audio, mediapipe, lightning, torchmetrics, eartalk"], cwd=tmp_path)
+    assert imports.returncode == 0, imports.stderr[-3000:]
+    info = check_after_install(python, venv / "bin" / "eartalk", tmp_path)
+    assert info["torchaudio"].split("+")[0] == "2.11.0", "the pinned torchaudio, not a newer one that breaks against torch"
