@@ -77,6 +77,9 @@ class GenerateCommand(Command):
             help="what a control's per-frame values (file, driving video) do when shorter than the video: "
             "absent (default), hold the last value, or loop; repeatable, e.g. --past-end head_pose=hold",
         )
+        parser.add_argument("--device", default="auto", help="torch device (default: cuda when available, else cpu)")
+        parser.add_argument("--precision", default="32-true", choices=("32-true", "bf16-mixed", "bf16-true"),
+                            help="weights/compute precision (default 32-true)")
         # The controls' help is built from the installed plugins only when --help is shown.
         format_help = parser.format_help
 
@@ -98,7 +101,8 @@ class GenerateCommand(Command):
         from eartalk.recipes.generate import parse_past_end
 
         path = generate_video(args.checkpoint, args.portrait, args.audio, args.out, args.control, args.frames, sampling,
-                              args.landmarker, past_end=parse_past_end(args.past_end))
+                              args.landmarker, past_end=parse_past_end(args.past_end), device=args.device,
+                              precision=args.precision)
         print(f"wrote {path}")
         return 0
 

@@ -139,7 +139,7 @@ def run_session(
         task = bar.add_task("generating frames", total=num_frames)
         for t in range(num_frames):
             out = session.step()
-            frames.append(to_uint8(out.pixels[0]))  # (3, R, R)
+            frames.append(to_uint8(out.pixels[0].float().cpu()))  # (3, R, R)
             bar.advance(task)
             done = t + 1
             if progress and not interactive and (done % every == 0 or done == num_frames):
@@ -163,8 +163,13 @@ def generate_video(
     landmarker: str | None = None,
     progress: bool = True,
     past_end: Mapping[str, str] | None = None,
+    device: str = "cpu",
+    precision: str = "32-true",
 ) -> Path:
     """Generate a talking-head video; the audio file drives every audio-based condition.
+
+    ``device``: torch device (``auto``: CUDA when available); ``precision``: ``32-true``,
+    ``bf16-mixed`` (autocast) or ``bf16-true`` (bfloat16 weights). The session's state stays on the device.
 
     ``past_end``: per control, what per-frame values shorter than the video do past their end
     (``"absent"``, ``"hold"``, ``"loop"``; see :func:`parse_past_end`).
@@ -176,7 +181,10 @@ def generate_video(
     from eartalk.core.media.io import read_audio, write_video
 
     edits = [parse_control(c) for c in controls]
-    model = load_model(checkpoint)
+    from eartalk.core.engine.devices import autocast, place, resolve_device
+
+    device = resolve_device(device)
+    model = place(load_model(checkpoint), device, precision)
     for edit in edits:
         if edit.name not in model.stack.plugins:  # fail before any work
             raise InputError(
@@ -197,7 +205,8 @@ def generate_video(
         raise InputError("give --audio or --frames: nothing tells how long the video is")
     for name in past_end or {}:
         model.stack.plugin(name)
-    video = run_session(model, reference, num_frames, edits, audio_signals, sampling, progress, past_end=past_end)
+    with autocast(device, precision):
+        video = run_session(model, reference, num_frames, edits, audio_signals, sampling, progress, past_end=past_end)
     if wave is not None:
         wave = wave[: num_frames * SAMPLES_PER_FRAME]
     return write_video(out, video, fps=VIDEO_FPS, audio=wave)
