@@ -14,12 +14,12 @@
   ``torch.autograd.graph.saved_tensors_hooks``, and scales each linearly to the real width, depth
   and batch (saved tensors are proportional to tokens x width; the attention kernels save q, k, v,
   output and a log-sum-exp, no S x S matrix). With activation checkpointing each block keeps only
-  its input, plus one block's activations while it is recomputed;
+  its input, plus one block's activations and their gradients while it is recomputed;
 * a **reserve** of 10% for the allocator's fragmentation and kernel workspaces.
 
 The VAE encodes the clips under ``no_grad`` and saves nothing; its transient activations during
 encoding (one clip's frames at a time through the 3D convolutions) are counted as ``vae_workspace``.
-``eartalk bench memory`` checks the estimate against a peak measured on the CPU.
+``python -m eartalk.recipes.memory --check`` compares the estimate with a peak measured on the CPU.
 """
 
 from __future__ import annotations
@@ -166,10 +166,11 @@ def estimate_memory(
         shared = probe[f"{part}_shared"] * clips  # the mask is one (S, S) tensor, counted per clip to stay on the safe side
         if activation_checkpointing and part in ("backbone", "decoder"):
             inputs = probe[f"{part}_input_per_width"] * width * clips
-            act[part] = inputs * depth + per_layer + shared  # block inputs + one block recomputed
+            # Block inputs + one block recomputed, twice: its activations and their gradients during its backward.
+            act[part] = inputs * depth + 2 * per_layer + shared
         elif activation_checkpointing and part == "head":
             # Checkpointed residual blocks keep their inputs (about 1/8 of a block's saves) + one recomputed block.
-            act[part] = per_layer / 8 * depth + per_layer + shared
+            act[part] = per_layer / 8 * depth + 2 * per_layer + shared
         else:
             act[part] = per_layer * depth + shared
     act["other"] = probe["other_per_layer_width"] * arch.width * clips + probe["other_shared"] * clips
@@ -224,6 +225,67 @@ def fits(estimate: dict[str, Any], gib: float = 80 * 1e9 / GIB) -> bool:
     return estimate["total_gib"] <= gib
 
 
+_MEASURE = r"""
+import json, sys, threading, time, torch
+from eartalk.core.engine.bench_train import scaled_arch
+from eartalk.recipes.train import build_model
+from eartalk.recipes.strategy import apply_checkpointing
+args = json.loads(sys.argv[1])
+torch.set_num_threads(1)
+torch.manual_seed(0)
+arch = scaled_arch(args["preset"], args["scale"])
+model = build_model(arch, args["conditions"]).train()
+if args["checkpointing"]:
+    apply_checkpointing(model)
+r, b, t = arch.resolution, args["clips"], args["frames"]
+batch = {"frames": torch.rand(b, t, 3, r, r) * 2 - 1, "reference": torch.rand(b, 3, r, r) * 2 - 1, "signals": {}}
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+peak, stop = [0], [False]
+def sample():
+    while not stop[0]:
+        peak[0] = max(peak[0], rss()); time.sleep(0.0005)
+base = rss()
+thread = threading.Thread(target=sample); thread.start()
+loss = model.loss(batch)["loss"]
+loss.backward()
+stop[0] = True; thread.join()
+print(json.dumps({"measured": peak[0] - base}))
+"""
+
+
+def check_against_measured(
+    preset: str = "small", scale: int = 2, clips: int = 2, frames: int = 17,
+    conditions: tuple[str, ...] = ("voice_activity", "blink"),
+) -> list[dict[str, Any]]:
+    """Estimate vs a peak measured on the CPU (fp32, one forward + backward, fresh process each).
+
+    Measured: the process's resident memory sampled every 0.5 ms during the step, minus its value
+    just before (weights and batch already allocated). Compared with the estimate's activations +
+    gradients + VAE workspace (what the step adds on top of the weights).
+    """
+    import json
+    import subprocess
+    import sys
+
+    from eartalk.core.engine.bench_train import scaled_arch
+
+    arch = scaled_arch(preset, scale)
+    rows = []
+    for checkpointing in (False, True):
+        args = {"preset": preset, "scale": scale, "clips": clips, "frames": frames, "conditions": list(conditions),
+                "checkpointing": checkpointing}
+        proc = subprocess.run([sys.executable, "-c", _MEASURE, json.dumps(args)], capture_output=True, text=True, check=True,
+                              env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+        measured = json.loads(proc.stdout.strip().splitlines()[-1])["measured"]
+        est = estimate_memory(arch, (clips, frames), "32-true", "auto", checkpointing, 1, conditions=conditions)
+        step = (est["parts_gib"]["activations"] + est["parts_gib"]["gradients"] + est["parts_gib"]["vae_workspace"]) * GIB
+        rows.append({"activation_checkpointing": checkpointing, "estimated_mib": round(step / 2**20, 1),
+                     "measured_mib": round(measured / 2**20, 1), "ratio_estimate_to_measured": round(step / measured, 3)})
+    return rows
+
+
 def estimate_for_config(config: Any, source: str = "<config>") -> dict[str, Any]:
     """:func:`estimate_memory` for a ``train`` recipe config (what ``eartalk train --dry-run`` prints)."""
     from eartalk.recipes.config import arch_from
@@ -248,7 +310,8 @@ def estimate_for_config(config: Any, source: str = "<config>") -> dict[str, Any]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m eartalk.recipes.memory CONFIG [key=value ...]``: print the estimate as JSON."""
+    """``python -m eartalk.recipes.memory CONFIG [key=value ...]``: print the estimate as JSON
+    (``--check``: estimate vs measured peak on a scaled-down config)."""
     import json
     import sys
 
@@ -256,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     from eartalk.recipes.train import TrainConfig
 
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["--check"]:
+        print(json.dumps({"preset": "small", "scale": 2, "clips": 2, "frames": 17, "rows": check_against_measured()}, indent=2))
+        return 0
     if not args:
         print("usage: python -m eartalk.recipes.memory CONFIG.yaml [key=value ...]", file=sys.stderr)
         return 2
