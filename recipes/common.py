@@ -17,6 +17,7 @@ from eartalk.recipes.config import OptimConfig, TrainerConfig
 log = logging.getLogger(__name__)
 
 
+LOG_ROW_KEY = "eartalk_log_row"  # the metrics row of the step a checkpoint was saved at
 DECAYED_MODULES = (torch.nn.Linear, torch.nn.modules.conv._ConvNd)
 
 
@@ -277,6 +278,11 @@ def fit(config: Any, make_module: Any, stack_of: Any, final_name: str, on_start:
     if on_start is not None:
         on_start(module, data)
     trainer = build_trainer(config.trainer, out, seed=config.seed, resume_step=found[1] if found else None)
+    if found:
+        from eartalk.recipes.resume import RunCSVLogger, pending_log_row
+
+        if isinstance(trainer.logger, RunCSVLogger):
+            trainer.logger.restore_row(pending_log_row(found[0]))
     add_rank_seed(trainer, config.seed)  # per-rank random streams (recipes/strategy.py)
     trainer.fit(module, datamodule=data, ckpt_path=str(found[0]) if found else None)
     # The final state is always saved (periodic saves need not land on the last step).
@@ -309,7 +315,10 @@ if L is not None:
         def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
             losses = self.losses(batch)
             check_finite(losses["loss"], self.global_step, self.cfg.out_dir)
-            self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=True, batch_size=batch["frames"].shape[0])
+            logged = {f"train/{k}": v.detach() for k, v in losses.items()}
+            self.log_dict(logged, prog_bar=True, batch_size=batch["frames"].shape[0])
+            # This step's log row is written after its checkpoint is: the checkpoint carries it too.
+            self._pending_row = {"epoch": self.current_epoch, **{k: float(v) for k, v in logged.items()}}
             return losses["loss"]
 
         def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -326,6 +335,10 @@ if L is not None:
 
         def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
             checkpoint["eartalk"] = self.checkpoint_record()
+            row = getattr(self, "_pending_row", None)
+            trainer = self._trainer
+            if row is not None and trainer is not None and trainer.training and trainer._logger_connector.should_update_logs:
+                checkpoint[LOG_ROW_KEY] = {**row, "step": trainer.fit_loop.epoch_loop._batches_that_stepped}
 
         def configure_optimizers(self) -> dict[str, Any]:
             return make_optimizer(self, self.cfg.optim, self.cfg.trainer.max_steps, self.lr_scale)

@@ -119,6 +119,15 @@ def prepare_resume(out_dir: str | Path, resume: bool) -> tuple[Path, int] | None
     return path, step
 
 
+def pending_log_row(path: str | Path) -> dict[str, Any] | None:
+    """The metrics row a checkpoint carries for its own step (logged after the save, so a kill
+    right after the save would lose it)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("eartalk_log_row")
+    except Exception:  # noqa: BLE001
+        return None
+
+
 def seed_all(seed: int) -> None:
     """Seed torch (all devices), numpy and Python's ``random``."""
     torch.manual_seed(seed)
@@ -159,6 +168,9 @@ class _CSVRows:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, self.path)
+
+    def has(self, step: int, key: str) -> bool:
+        return any(r.get("step") not in (None, "") and int(float(r["step"])) == step and r.get(key) not in (None, "") for r in self.rows)
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
@@ -259,6 +271,11 @@ if L is not None:
         @property
         def save_dir(self) -> str:
             return str(self._dir.parent)
+
+        def restore_row(self, row: dict[str, Any] | None) -> None:
+            """Put back the resumed checkpoint's own row if the kill came before it was written."""
+            if row and not any(self._rows.has(int(row["step"]), k) for k in row if k.startswith("train/")):
+                self._rows.add(dict(row))
 
         def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
             """Not stored here: the run folder's ``config.resolved.yaml`` holds the config."""
