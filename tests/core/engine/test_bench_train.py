@@ -12,6 +12,7 @@ from eartalk.core.engine.devices import resolve_device
 from eartalk.core.errors import ConfigError
 
 
+@pytest.mark.slow  # three timed training steps per variant
 def test_bench_train_json_reports_the_ratios(capsys) -> None:
     code = main(["bench", "train", "--preset", "tiny", "--frames", "8", "--scale", "1", "--reps", "1",
                  "--conditions", "voice_activity", "--json"])
