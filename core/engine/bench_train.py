@@ -6,7 +6,8 @@ batch, untrained weights (timing does not depend on them), and prints the ratios
 * ``step_ms_dense``: the backbone hands SDPA the dense ``(S, S)`` SFA mask, the VAE encodes the clip;
 * ``step_ms_sparse``: block-sparse attention (:mod:`eartalk.core.engine.attention`), VAE as above;
 * ``step_ms_latents``: block-sparse attention and the clip's latents given (``eartalk encode``), no VAE;
-* ``sparse_speedup = dense / sparse``, ``latents_speedup = sparse / latents``.
+* ``sparse_speedup = dense / sparse``, ``latents_speedup = sparse / latents``;
+* ``attention_speedup``: one backbone attention call alone (forward + backward), dense mask vs block-sparse.
 
 The layout (tokens per frame N, window W, clip frames T, condition slots) is the preset's; on the
 CPU every width (backbone, decoder, head, VAE channels) and the depths are divided by ``scale``
@@ -125,6 +126,7 @@ def bench_train(
         step(data)  # warm-up
         return statistics.median(step(data) for _ in range(reps))
 
+    attn_dense, attn_sparse = _time_attention(arch, stack.num_slots, frames, batch, device, dtype, reps, sync)
     dense = timed("dense", clip)
     sparse = timed("sparse", clip)
     cached = timed("sparse", with_latents)
@@ -152,5 +154,33 @@ def bench_train(
         "step_ms_sparse": round(sparse * 1000, 1),
         "step_ms_latents": round(cached * 1000, 1),
         "sparse_speedup": round(dense / sparse, 3),
+        "attention_ms_dense": round(attn_dense * 1000, 1),
+        "attention_ms_sparse": round(attn_sparse * 1000, 1),
+        "attention_speedup": round(attn_dense / attn_sparse, 3),
         "latents_speedup": round(sparse / cached, 3),
     }
+
+
+def _time_attention(arch: Any, slots: int, frames: int, batch: int, device: str, dtype: torch.dtype, reps: int,
+                    sync: Callable[[], None]) -> tuple[float, float]:
+    """Median seconds of one backbone attention call (forward + backward), dense mask vs block-sparse."""
+    import torch.nn.functional as F
+
+    from eartalk.core.engine.attention import SFALayout, dense_mask
+
+    layout = SFALayout(arch.num_tokens, arch.num_tokens + slots, frames, arch.window, True)
+    shape = (batch, arch.heads, layout.length, arch.width // arch.heads)
+    q, k, v = (torch.randn(shape, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+    mask = dense_mask(layout, device=device)
+
+    def once(fn: Callable[[], torch.Tensor]) -> float:
+        t0 = time.perf_counter()
+        fn().sum().backward()
+        sync()
+        return time.perf_counter() - t0
+
+    out = []
+    for fn in (lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask), lambda: layout.attend(q, k, v)):
+        once(fn)  # warm-up
+        out.append(statistics.median(once(fn) for _ in range(reps)))
+    return out[0], out[1]
