@@ -26,7 +26,8 @@ def test_every_shipped_config_builds_its_trainer_and_estimates(config: Path, tmp
     assert KEYS <= set(report) and report["ran_step"] is False
     json.dumps(report)  # one JSON object
     parts = report["memory_breakdown_gb"]
-    assert report["memory_per_device_gb"] == pytest.approx(sum(v for k, v in parts.items() if k != "total"), abs=1e-3)
+    assert report["memory_per_device_gb"] == pytest.approx(sum(v for k, v in parts.items() if k != "total"), abs=0.02)
+    assert report["memory_per_device_gb"] > 0
     if recipe_cls.name == "vae":
         assert report["params_total"] == report["params_trainable"] > 0
     else:
@@ -41,8 +42,9 @@ def test_memory_estimate_scales_with_batch_and_fsdp_shards_the_states() -> None:
     _, four = load_recipe_config(config, ["data.batch_size=4"])
     _, fsdp = load_recipe_config(config, ["data.batch_size=1", "trainer.strategy=fsdp", "trainer.devices=4"])
     a, b, c = (dry_run(cls, cfg, estimate_only=True)["memory_breakdown_gb"] for cfg in (one, four, fsdp))
-    assert b["activations"] == pytest.approx(4 * a["activations"], rel=1e-3) and b["optimizer"] == a["optimizer"]
-    assert c["optimizer"] == pytest.approx(a["optimizer"] / 4, rel=1e-3) and c["grads"] == pytest.approx(a["grads"] / 4, rel=1e-3)
+    assert b["activations"] == pytest.approx(4 * a["activations"], rel=1e-2) and b["optimizer"] == a["optimizer"]
+    assert c["optimizer"] == pytest.approx(a["optimizer"] / 4, rel=3e-2)  # parts are rounded to 1 MiB
+    assert c["gradients"] == pytest.approx(a["gradients"] / 4, rel=3e-2)
 
 
 def test_dry_run_cli_runs_one_step_on_synthetic_data(tmp_path: Path) -> None:
