@@ -21,6 +21,7 @@ the session's private upload folder and frees its slot.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import contextlib
 import hmac
@@ -32,6 +33,7 @@ import math
 import queue
 import re
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -821,6 +823,7 @@ class Server:
         self.streams: weakref.WeakSet = weakref.WeakSet()
         self.ids = itertools.count(1)
         self.tmp_root = tempfile.mkdtemp(prefix="eartalk-serve-")
+        atexit.register(shutil.rmtree, self.tmp_root, True)  # also when the loop never shuts down
         self.refused = 0
         self.opened = 0
 
@@ -969,7 +972,9 @@ class Server:
     async def _shutdown(self, app: Any) -> None:
         for session in list(self.sessions.values()):
             with contextlib.suppress(Exception):
-                await session.ws.close(code=1001, message=b"server shutting down")
+                await asyncio.wait_for(session.ws.close(code=1001, message=b"server shutting down"), 2.0)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(session.close(), 5.0)
         shutil.rmtree(self.tmp_root, ignore_errors=True)
         self.model.close()
 
@@ -1050,8 +1055,11 @@ def serve_forever(model: Any, config: ServeConfig, ready: Any = print) -> None:
         token = f"/?token={config.token}" if config.token else "/"
         ready(f"eartalk serve: http://{host}:{port}{token}  (model {model.arch.name}, {served.resolution} px, "
               f"at most {config.max_sessions} sessions; Ctrl-C stops)")
+        stop = asyncio.Event()
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # SIGTERM: shut down cleanly (uploads removed)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         try:
-            await asyncio.Event().wait()
+            await stop.wait()
         finally:
             await runner.cleanup()
 
