@@ -96,7 +96,7 @@ class Diffusion(nn.Module):
     def respaced(self, num_steps: int) -> list[int]:
         """``num_steps`` training timesteps from T - 1 down to 0 (DDIM respacing)."""
         n = min(num_steps, self.steps)
-        return torch.linspace(self.steps - 1, 0, n).round().long().tolist()
+        return torch.linspace(self.steps - 1, 0, n, dtype=torch.float64).round().long().tolist()  # float64: bf16-true sets the default dtype
 
     @torch.no_grad()
     def sample(
@@ -117,7 +117,7 @@ class Diffusion(nn.Module):
             temperature: scales the initial noise and the per-step noise.
             eta: 0 = deterministic DDIM, 1 = ancestral.
         """
-        x = torch.randn(shape, generator=generator, device=_gen_device(generator)).to(device) * temperature
+        x = torch.randn(shape, generator=generator, device=_gen_device(generator), dtype=torch.float32).to(device) * temperature
         times = self.respaced(num_steps)
         for i, t in enumerate(times):
             a = self.alphas_cumprod[t]
@@ -127,7 +127,7 @@ class Diffusion(nn.Module):
             sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)).clamp_min(0).sqrt()
             x = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp_min(0).sqrt() * eps
             if eta > 0 and i + 1 < len(times):
-                x = x + sigma * temperature * torch.randn(shape, generator=generator, device=_gen_device(generator)).to(device)
+                x = x + sigma * temperature * torch.randn(shape, generator=generator, device=_gen_device(generator), dtype=torch.float32).to(device)
         return x
 
 
@@ -220,8 +220,8 @@ def truncated_normal(
 ) -> torch.Tensor:
     """Samples of ``N(mean, std)`` truncated to ``[low, high]`` (inverse-CDF method)."""
     normal = torch.distributions.Normal(0.0, 1.0)
-    lo, hi = normal.cdf(torch.tensor((low - mean) / std)), normal.cdf(torch.tensor((high - mean) / std))
-    u = lo + (hi - lo) * torch.rand(shape, generator=generator)
+    lo, hi = normal.cdf(torch.tensor((low - mean) / std, dtype=torch.float32)), normal.cdf(torch.tensor((high - mean) / std, dtype=torch.float32))
+    u = lo + (hi - lo) * torch.rand(shape, generator=generator, dtype=torch.float32)  # float32 under any default dtype
     return (mean + std * torch.special.ndtri(u)).clamp(low, high)
 
 
@@ -293,7 +293,7 @@ class MARDecoder(nn.Module):
         low, mean, std = self.mask_ratio
         ratio = truncated_normal((batch,), mean, std, low, 1.0, generator)  # (B,)
         count = (ratio * self.num_tokens).ceil().clamp(1, self.num_tokens).long()  # (B,)
-        rank = torch.rand(batch, self.num_tokens, generator=generator).argsort(1).argsort(1)  # random order
+        rank = torch.rand(batch, self.num_tokens, generator=generator, dtype=torch.float32).argsort(1).argsort(1)  # random order
         return (rank < count[:, None]).to(device)
 
     def loss(self, z: torch.Tensor, tokens: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -314,7 +314,7 @@ class MARDecoder(nn.Module):
         mul = self.diffusion_batch_mul
         target, cond = target.repeat(mul, 1), cond.repeat(mul, 1)  # (M * mul, ...)
         t = torch.randint(0, self.diffusion.steps, (target.shape[0],), generator=generator).to(z.device)
-        noise = torch.randn(target.shape, generator=generator).to(z.device, z.dtype)
+        noise = torch.randn(target.shape, generator=generator, dtype=torch.float32).to(z.device, z.dtype)
         out = self.head(self.diffusion.noisy(target, t, noise), t, cond)
         return F.mse_loss(out, self.diffusion.target(target, t, noise))
 
@@ -349,7 +349,7 @@ class MARDecoder(nn.Module):
         guided = z_null is not None and cfg != 1.0
         steps = max(1, min(steps, n))
         tokens = torch.zeros(b, n, self.token_dim, device=device, dtype=z.dtype)
-        order = torch.rand(b, n, generator=generator, device=_gen_device(generator)).argsort(dim=1).to(device)  # (B, N)
+        order = torch.rand(b, n, generator=generator, device=_gen_device(generator), dtype=torch.float32).argsort(dim=1).to(device)  # (B, N)
         zz = torch.cat([z, z_null]) if guided else z  # (B or 2B, N, Dz)
         known_count = 0
         for k in range(steps):

@@ -63,3 +63,18 @@ def test_bf16_mixed_loss_under_autocast() -> None:
     assert torch.isfinite(loss)
     grads = [p.grad for p in model.decoder.parameters() if p.grad is not None]
     assert grads and all(g.dtype == torch.float32 for g in grads)
+
+
+def test_bf16_default_dtype_as_lightning_sets_it() -> None:
+    """Lightning's bf16-true makes bfloat16 the default dtype during steps: schedules and masks stay exact."""
+    from eartalk.core.engine.mar import truncated_normal
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        times = Diffusion(1000).respaced(25)
+        assert times[0] == 999 and times[-1] == 0 and len(set(times)) == 25  # bf16 linspace rounds 999 to 1000
+        ratios = truncated_normal((64,), 1.0, 0.25, 0.7, 1.0)  # ndtri has no bf16 CPU kernel
+        assert ratios.dtype == torch.float32 and bool(((ratios >= 0.7) & (ratios <= 1.0)).all())
+    finally:
+        torch.set_default_dtype(old)
