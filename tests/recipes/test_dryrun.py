@@ -47,6 +47,7 @@ def test_memory_estimate_scales_with_batch_and_fsdp_shards_the_states() -> None:
     assert c["gradients"] == pytest.approx(a["gradients"] / 4, rel=3e-2)
 
 
+@pytest.mark.slow
 def test_dry_run_cli_runs_one_step_on_synthetic_data(tmp_path: Path) -> None:
     config = CONFIGS[0].parent / "eartalk_tiny_train.yaml"
     out = subprocess.run(
