@@ -40,7 +40,9 @@ class ModelConfig:
     Attributes:
         preset: ``tiny``, ``small`` or ``base`` (see ``eartalk model info``).
         arch: overrides of preset fields (e.g. ``{window: 6}``), checked against ``ModelArch``.
-        vae_checkpoint: a frame VAE trained by the ``vae`` recipe (None: train from the random init).
+        vae_checkpoint: the frame VAE (``checkpoints/vae.ckpt`` of a ``vae`` recipe run); the
+            ``train`` recipe refuses to start without one. ``random``: an untrained VAE (tests only).
+            The ``vae`` recipe ignores it.
     """
 
     preset: str = "tiny"
@@ -50,7 +52,16 @@ class ModelConfig:
 
 @attrs.frozen
 class OptimConfig:
-    """AdamW with linear warm-up then cosine decay."""
+    """AdamW with linear warm-up then cosine decay.
+
+    Attributes:
+        lr: peak learning rate.
+        weight_decay: decoupled weight decay of linear/convolution weight matrices only (never of
+            biases, norms, embeddings or learned tokens).
+        beta1, beta2: AdamW moments.
+        warmup_steps: linear warm-up from ``lr / warmup_steps`` to ``lr``.
+        min_lr_ratio: the cosine decays to ``min_lr_ratio * lr`` at ``trainer.max_steps``.
+    """
 
     lr: float = 3e-4
     weight_decay: float = 0.01
