@@ -76,7 +76,16 @@ class TrainerConfig:
     """Arguments handed to ``lightning.Trainer`` (distribution is Lightning's job).
 
     Attributes:
+        max_steps: optimiser steps of the run (also the length of the learning-rate schedule).
+        accelerator: ``auto``, ``cpu``, ``gpu``...
         strategy: ``auto``, ``ddp``, ``fsdp``...; precision: ``32-true``, ``bf16-mixed``...
+        gradient_clip_val: gradient-norm clipping (0 = off).
+        accumulate_grad_batches: batches per optimiser step.
+        log_every_n_steps: a ``logs/metrics.csv`` row every N steps.
+        val_every_n_steps: validation every N steps.
+        checkpoint_every_n_steps: a ``stepN.ckpt`` (and ``last.ckpt``) every N steps; a run longer
+            than 10 periods keeps the newest 3.
+        progress_bar: Lightning's progress bar.
         devices: devices per node: a count (``2``), a list of indices (``[0, 1]``) or ``"auto"``.
         num_nodes: machines (multi-node: see docs/training.md, torchrun and SLURM).
         activation_checkpointing: recompute each transformer block's activations in the backward
