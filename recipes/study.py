@@ -429,6 +429,10 @@ def _plots(out: Path, results: dict[str, dict[str, Any]], main: dict[str, Any], 
     return paths
 
 
+def _steps(value: Any) -> str:
+    return f"{value} steps" if isinstance(value, int) else "given as a checkpoint (steps not counted here)"
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return "n/a" if math.isnan(value) else f"{value:.3f}"
@@ -446,7 +450,7 @@ def write_markdown(path: Path, report: dict[str, Any]) -> Path:
     b = report["budget"]
     lines += ["## Training budget", "",
               f"- data: {b['clips']} synthetic training identities x {b['seconds']} s at {b['resolution']} px",
-              f"- VAE: {b['vae_steps']} steps; main model: {b['steps']} steps; every ablation variant: {b['ablation_steps']} steps",
+              f"- VAE: {_steps(b['vae_steps'])}; main model: {_steps(b['steps'])}; every ablation variant: {b['ablation_steps']} steps",
               f"- training minutes: VAE {b['vae_minutes']:.1f}, main model {b['model_minutes']:.1f}, "
               f"ablations {b['ablation_minutes']:.1f} (total {b['total_minutes']:.1f})",
               f"- evaluation: {report['identities']} held-out identities x {report['eval_frames']} frames "
@@ -477,7 +481,7 @@ def write_markdown(path: Path, report: dict[str, Any]) -> Path:
         lines += ["## Untrained model (same VAE, random backbone and decoder)", "",
                   f"L1 early {u['l1_early']:.3f} (trained {report['l1_early']:.3f}), PSNR late {u['psnr_late_db']:.2f} dB, "
                   f"mouth_corr {u['mouth_corr']:.3f}.", ""]
-    p = report["probe"]["heldout_accuracy"]
+    p = report["probe"].get("heldout_accuracy", {})
     lines += ["## Synthetic probe (proxy) on held-out truth frames", "",
               ", ".join(f"{k} {_fmt(v)}" for k, v in p.items()), "", "## Files", ""]
     lines += [f"- {k}: {v}" for k, v in report["files"].items()]
