@@ -334,12 +334,12 @@ def sweep_plot(path: Path, before: dict[str, Any], after: dict[str, Any]) -> Pat
 # ---------------------------------------------------------------------------------------------
 def require_plugin() -> None:
     """Raise a ConfigError when the ``brightness`` plugin is not installed."""
+    from eartalk.core.errors import UnknownPluginError
     from eartalk.core.registry import get_registry
 
-    registry = get_registry()
     try:
-        registry.condition(CONTROL)
-    except Exception as err:  # the registry's own error names what is installed
+        get_registry().condition(CONTROL)
+    except UnknownPluginError as err:  # the registry's own message names what is installed
         raise ConfigError(
             f"the walk-through needs the condition plugin {CONTROL!r} ({err}); install the example package: "
             "pip install ./docs/examples/eartalk-brightness") from err
