@@ -134,6 +134,21 @@ def keep_checkpoints(trainer_cfg: TrainerConfig) -> int:
     return -1 if trainer_cfg.max_steps <= 10 * trainer_cfg.checkpoint_every_n_steps else 3
 
 
+def step_progress_bar() -> Any:
+    """Lightning's rich bar, labelled by steps: runs are bounded by ``max_steps``, so the stock label
+    ("Epoch 3/-2", from ``max_epochs=-1``) is wrong; this one reads "Epoch 3 (step budget 900)"."""
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    class StepProgressBar(RichProgressBar):
+        def _get_train_description(self, current_epoch: int) -> str:
+            max_epochs = self.trainer.max_epochs
+            if max_epochs is not None and max_epochs > 0:
+                return f"Epoch {current_epoch}/{max_epochs - 1}"
+            return f"Epoch {current_epoch} (step budget {self.trainer.max_steps})"
+
+    return StepProgressBar()
+
+
 def build_trainer(
     trainer_cfg: TrainerConfig, out_dir: str | Path, monitor: str = "val/loss", seed: int = 0, resume_step: int | None = None
 ) -> Any:
@@ -168,7 +183,12 @@ def build_trainer(
         log_every_n_steps=trainer_cfg.log_every_n_steps,
         val_check_interval=trainer_cfg.val_every_n_steps,
         check_val_every_n_epoch=None,
-        callbacks=[checkpoint, StepSeed(seed, trainer_cfg.accumulate_grad_batches), *extra_callbacks(trainer_cfg)],
+        callbacks=[
+            checkpoint,
+            StepSeed(seed, trainer_cfg.accumulate_grad_batches),
+            *extra_callbacks(trainer_cfg),
+            *([step_progress_bar()] if trainer_cfg.progress_bar else []),
+        ],
         logger=RunCSVLogger(out, resume_step),
         plugins=[AtomicCheckpointIO()],
         # The training loader shards itself over ranks and keeps its position (ResumableSampler).

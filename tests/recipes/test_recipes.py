@@ -287,3 +287,19 @@ def test_train_command_end_to_end(synth_data: Path, vae_run: Path, tmp_path: Pat
     assert (tmp_path / "cli" / "checkpoints" / "last.ckpt").is_file()
     resolved = (tmp_path / "cli" / "config.resolved.yaml").read_text()
     assert "max_steps: 3" in resolved and str(synth_data) in resolved
+
+
+def test_progress_bar_label_has_no_negative_epoch_count(tmp_path: Path) -> None:
+    """Step-bounded runs have max_epochs=-1; the stock rich label read "Epoch 3/-2"."""
+    import attrs
+
+    from eartalk.recipes.common import build_trainer
+    from eartalk.recipes.config import TrainerConfig
+
+    cfg = attrs.evolve(TrainerConfig(), max_steps=7, progress_bar=True)
+    trainer = build_trainer(cfg, tmp_path)
+    bar = trainer.progress_bar_callback
+    assert bar is not None
+    bar._trainer = trainer  # set by Lightning at fit start
+    label = bar._get_train_description(3)
+    assert label == "Epoch 3 (step budget 7)" and "/-" not in label
