@@ -99,7 +99,7 @@ class TutorialConfig:
 def quick_config(out: str | Path, **overrides: Any) -> TutorialConfig:
     """Reduced sizes for tests and a busy machine (a few minutes on 2 cores)."""
     base: dict[str, Any] = dict(out=str(out), clips=24, vae_steps=150, steps=120, finetune_clips=16,
-                                finetune_steps=100, identities=2, frames=30, probe_identities=0)
+                                finetune_steps=250, identities=2, frames=30, probe_identities=0)
     base.update(overrides)
     return TutorialConfig(**base)
 
