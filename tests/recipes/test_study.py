@@ -112,7 +112,7 @@ def test_study_command_is_registered() -> None:
     assert StudyCommand in register_commands() and StudyCommand.name == "study"
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_quick_study_trained_beats_untrained_and_audio_beats_shuffled(tmp_path: Path) -> None:
     cfg = quick_config(tmp_path / "study", ablations=("sink", "no_sink"), progress=False)
     report = run_study(cfg)

@@ -63,7 +63,7 @@ def test_missing_plugin_and_bad_sizes_are_clear_errors(tmp_path: Path, monkeypat
         tut.main(["--out", str(tmp_path), "--set", "nonsense=1"])
 
 
-@pytest.mark.slow  # trains a VAE, a model and the fine-tune: ~10 min on a loaded 2-core machine
+@pytest.mark.heavy  # trains a VAE, a model and the fine-tune: ~10 min on a loaded 2-core machine
 def test_walkthrough_finetuned_model_obeys_the_new_control(tmp_path: Path) -> None:
     src = shutil.copytree(REPO / "docs" / "examples" / "eartalk-brightness", tmp_path / "pkg",
                           ignore=shutil.ignore_patterns("build", "*.egg-info"))
