@@ -18,8 +18,8 @@ from eartalk.core.data.dataset import (
     read_manifest,
     split_clip_ids,
 )
-from eartalk.core.errors import ConfigError, InputError
 from eartalk.core.data.synth import SIGNAL_COLUMNS, synthesize_dataset
+from eartalk.core.errors import ConfigError, InputError
 from eartalk.core.types import SAMPLES_PER_FRAME
 
 R = 32

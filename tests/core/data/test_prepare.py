@@ -11,8 +11,8 @@ import torch
 
 from eartalk.core.cli import main
 from eartalk.core.data.dataset import TalkingHeadDataset, load_clips, read_manifest, read_skipped
-from eartalk.core.media.io import read_video
 from eartalk.core.data.prepare import SOURCES, VideoChunks, prepare_dataset
+from eartalk.core.media.io import read_video
 from eartalk.core.registry import get_registry
 
 R = 64
