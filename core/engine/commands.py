@@ -166,20 +166,7 @@ class BenchCommand(Command):
             precision=args.precision,
             **kwargs,
         )
-        if args.json:
-            result = bench_stream(**common)
-            print_json(result)
-            return 0
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        with Progress(TextColumn("streaming"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
-            task = bar.add_task("frames", total=None)
-            result = bench_stream(progress=lambda done, total: bar.update(task, completed=done, total=total), **common)
-        console = Console()
-        for key, value in result.items():
-            console.print(f"[bold]{key}[/bold]: {value}")
-        return 0
+        return _report_bench(bench_stream, common, args.json, "streaming")
 
 
 def _bench_train(args: argparse.Namespace) -> int:
@@ -189,15 +176,20 @@ def _bench_train(args: argparse.Namespace) -> int:
     common = dict(preset=args.preset, frames=args.frames, batch=args.batch, scale=args.scale, reps=args.reps,
                   device=args.device, precision=args.precision, conditions=_names(args.conditions),
                   **_arch_overrides(args.arch))
-    if args.json:
-        print_json(bench_train(**common))
+    return _report_bench(bench_train, common, args.json, "training steps")
+
+
+def _report_bench(bench: Any, kwargs: dict[str, Any], as_json: bool, label: str) -> int:
+    """Run a benchmark: JSON on stdout with ``--json``, else a rich progress bar and one line per figure."""
+    if as_json:
+        print_json(bench(**kwargs))
         return 0
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    with Progress(TextColumn("training steps"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
-        task = bar.add_task("steps", total=None)
-        result = bench_train(progress=lambda done, total: bar.update(task, completed=done, total=total), **common)
+    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
+        task = bar.add_task(label, total=None)
+        result = bench(progress=lambda done, total: bar.update(task, completed=done, total=total), **kwargs)
     console = Console()
     for key, value in result.items():
         console.print(f"[bold]{key}[/bold]: {value}")
