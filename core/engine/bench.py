@@ -184,6 +184,8 @@ def _bench_stream(
     span = max(1, min(16, (frames - window - warmup) // 2))
     if frames < window + warmup + 2:
         raise ConfigError(f"--frames must be at least window + warmup + 2 = {window + warmup + 2} for preset {preset!r}")
+    if nocache_frames < 1:
+        raise ConfigError(f"--nocache-frames must be at least 1 (the no-cache baseline of cache_speedup); got {nocache_frames}")
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     torch.manual_seed(seed)
     stack = stack if stack is not None else build_stack(arch, conditions, registry)

@@ -98,3 +98,14 @@ def test_bench_stream_json(toy_registry, capsys):
     assert result["threads"] == 1 and result["conditions"] == ["toy"]
     assert main(["bench", "stream", "--preset", "tiny", "--frames", "3", "--json", "--conditions", "toy"]) == 2
     assert "--frames" in capsys.readouterr().err
+
+
+def test_bench_stream_refuses_an_empty_no_cache_baseline():
+    """--nocache-frames 0 used to die in statistics.median (no data); it is a clear ConfigError now."""
+    import pytest
+
+    from eartalk.core.engine.bench import bench_stream
+    from eartalk.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--nocache-frames must be at least 1"):
+        bench_stream(preset="tiny", frames=8, warmup=1, nocache_frames=0)
