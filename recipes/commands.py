@@ -114,11 +114,16 @@ class DemoCommand(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--out", default="runs/demo", help="output folder")
         parser.add_argument("--preset", default="tiny", choices=["tiny", "small"], help="model size")
-        parser.add_argument("--clips", type=int, default=96, help="synthetic training clips")
-        parser.add_argument("--seconds", type=float, default=1.0, help="seconds per clip")
-        parser.add_argument("--vae-steps", type=int, default=1000)
-        parser.add_argument("--steps", type=int, default=900, help="training steps of the AR model")
-        parser.add_argument("--frames", type=int, default=500, help="frames to generate (500 = 20 s)")
+        import inspect
+
+        from eartalk.recipes.demo import run_demo
+
+        d = {k: p.default for k, p in inspect.signature(run_demo).parameters.items()}  # one set of defaults
+        parser.add_argument("--clips", type=int, default=d["clips"], help="synthetic training clips (identities)")
+        parser.add_argument("--seconds", type=float, default=d["seconds"], help="seconds per clip")
+        parser.add_argument("--vae-steps", type=int, default=d["vae_steps"], help="VAE training steps")
+        parser.add_argument("--steps", type=int, default=d["steps"], help="training steps of the AR model")
+        parser.add_argument("--frames", type=int, default=d["frames"], help="frames to generate (25 per second)")
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--probe", help="synthetic probe file (trained and saved there when missing; default OUT/probe.pt)")
         parser.add_argument("--json", action="store_true", help="print the summary as JSON")

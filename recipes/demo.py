@@ -101,18 +101,24 @@ def render_truth(metadata: dict[str, Any], signals: dict[str, torch.Tensor], mou
 def run_demo(
     out: Path,
     preset: str = "tiny",
-    clips: int = 96,
+    clips: int = 120,
     seconds: float = 1.0,
-    vae_steps: int = 1000,
+    vae_steps: int = 800,
     steps: int = 900,
     frames: int = 500,
     seed: int = 0,
     probe: str | Path | None = None,
     progress: bool = True,
-    probe_identities: int = 120,
-    probe_epochs: int = 10,
+    probe_identities: int | None = None,
+    probe_epochs: int | None = None,
+    emotion_segments: int = 1,
 ) -> dict[str, Any]:
-    """Run the demo into ``out``, write ``summary.json`` and return the summary (paths, figures, timings)."""
+    """Run the demo into ``out``, write ``summary.json`` and return the summary (paths, figures, timings).
+
+    ``probe_identities`` / ``probe_epochs``: probe training size when it is trained here (None:
+    :class:`~eartalk.metrics.probe.ProbeTraining`'s defaults). ``emotion_segments``: emotions per
+    training clip (several, so the reference frame often shows another emotion than the window).
+    """
     from eartalk.core.data.synth import synthesize_dataset
     from eartalk.core.engine.presets import PRESETS
     from eartalk.core.media.io import write_video
@@ -138,12 +144,13 @@ def run_demo(
 
     start = time.perf_counter()
     probe_path = Path(probe) if probe else out / "probe.pt"
-    reader, probe_info = get_or_train_probe(probe_path, ProbeTraining(identities=probe_identities, epochs=probe_epochs,
-                                                                      seed=seed + 17), heldout=4, progress=progress)
+    sizes = {k: v for k, v in (("identities", probe_identities), ("epochs", probe_epochs)) if v is not None}
+    reader, probe_info = get_or_train_probe(probe_path, ProbeTraining(**sizes, seed=seed + 17), heldout=4, progress=progress)
     timings["probe_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    data = synthesize_dataset(out / "data", clips=clips, seconds=seconds, resolution=resolution, seed=seed, progress=progress)
+    data = synthesize_dataset(out / "data", clips=clips, seconds=seconds, resolution=resolution, seed=seed,
+                              emotion_segments=emotion_segments, progress=progress)
     holdout = synthesize_dataset(out / "holdout", clips=1, seconds=frames / VIDEO_FPS, resolution=resolution,
                                  seed=seed + 1000, progress=progress)
     timings["synth_s"] = time.perf_counter() - start
@@ -229,7 +236,8 @@ def run_demo(
         "fidelity": "proxy (synthetic probe on synthetic faces; not a paper metric)",
         "probe_on_truth": {k: round(v, 4) for k, v in on_truth.items()},
         "probe_heldout_accuracy": probe_info.get("heldout_accuracy", {}),
-        "budget": {"clips": clips, "seconds": seconds, "vae_steps": vae_steps, "steps": steps, "preset": preset,
+        "budget": {"clips": clips, "seconds": seconds, "emotion_segments": emotion_segments, "vae_steps": vae_steps,
+                   "steps": steps, "preset": preset,
                    "frames": frames},
         "video": str(mp4),
         "frames_png": str(sheet),

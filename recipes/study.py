@@ -75,6 +75,8 @@ class StudyConfig:
         out: output folder (data/, vae/, model/, ablation_<name>/, report.*, plots).
         preset: model size (64 px ``tiny`` for the issue's targets).
         clips, seconds: synthetic training clips (identities) and their length.
+        emotion_segments: emotions per training clip (> 1: the reference frame often shows another
+            emotion than the training window, so the emotion control must be read, not copied).
         vae_steps: VAE training steps.
         steps: main model training steps.
         ablation_steps: training steps of every ablation variant (the same for all; equal to
@@ -95,14 +97,15 @@ class StudyConfig:
 
     out: str = "runs/study"
     preset: str = "tiny"
-    clips: int = 96
+    clips: int = 200
     seconds: float = 1.0
+    emotion_segments: int = 1
     vae_steps: int = 1500
-    steps: int = 1500
+    steps: int = 2000
     ablation_steps: int = 600
     ablations: tuple[str, ...] = ("sink", "no_sink", "no_adaln_identity")
     batch_size: int = 4
-    heldout: int = 2
+    heldout: int = 1
     eval_frames: int = 2000
     untrained: bool = True
     vae_checkpoint: str | None = None
@@ -157,8 +160,8 @@ def train_vae(data: Path, out: Path, preset: str, steps: int, seed: int, progres
     from eartalk.recipes.vae import VAEConfig, VAERecipe
 
     cfg = structure({"seed": seed, "out_dir": str(out), "model": {"preset": preset},
-                     "data": {"root": str(data), "clip_frames": 2, "batch_size": 4, "val_fraction": 0.1},
-                     "optim": {"lr": 3e-3, "weight_decay": 0.0, "warmup_steps": 20},
+                     "data": {"root": str(data), "clip_frames": 2, "batch_size": 8, "val_fraction": 0.1},
+                     "optim": {"lr": 2e-3, "weight_decay": 0.0, "warmup_steps": 50},
                      "trainer": trainer_section(steps, progress)}, VAEConfig)
     return VAERecipe().run(cfg)
 
@@ -483,7 +486,11 @@ def write_markdown(path: Path, report: dict[str, Any]) -> Path:
                   f"mouth_corr {u['mouth_corr']:.3f}.", ""]
     p = report["probe"].get("heldout_accuracy", {})
     lines += ["## Synthetic probe (proxy) on held-out truth frames", "",
-              ", ".join(f"{k} {_fmt(v)}" for k, v in p.items()), "", "## Files", ""]
+              ", ".join(f"{k} {_fmt(v)}" for k, v in p.items() if not isinstance(v, dict)), ""]
+    for k, v in p.items():
+        if isinstance(v, dict):
+            lines += [f"- {k}: " + ", ".join(f"{kk} {_fmt(vv)}" for kk, vv in v.items()), ""]
+    lines += ["## Files", ""]
     lines += [f"- {k}: {v}" for k, v in report["files"].items()]
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -525,7 +532,7 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
         heldout=4, progress=cfg.progress)
 
     data = synthesize_dataset(out / "data", clips=cfg.clips, seconds=cfg.seconds, resolution=resolution, seed=cfg.seed,
-                              progress=cfg.progress)
+                              emotion_segments=cfg.emotion_segments, progress=cfg.progress)
     heldout_root = synthesize_dataset(out / "heldout", clips=cfg.heldout, seconds=cfg.eval_frames / VIDEO_FPS,
                                       resolution=resolution, seed=cfg.seed + 1000,
                                       emotion_segments=max(2, cfg.eval_frames // 250), progress=cfg.progress)

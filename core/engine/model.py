@@ -123,6 +123,20 @@ class EarTalkModel(nn.Module):
         """Normalised latent tokens ``(B, T, N, c)`` of frames ``(B, T, 3, R, R)`` (frozen VAE)."""
         return patchify(self.vae.encode(frames), self.arch.patch_size)
 
+    def to_target(self, tokens: torch.Tensor, ref_tokens: torch.Tensor) -> torch.Tensor:
+        """What the diffusion head learns for frame tokens ``(B, T, N, c)`` or ``(B, N, c)`` (``arch.target``)."""
+        if self.arch.target == "latent":
+            return tokens
+        ref = ref_tokens if tokens.dim() == ref_tokens.dim() else ref_tokens[:, None]
+        return (tokens - ref) / self.arch.target_scale
+
+    def from_target(self, sample: torch.Tensor, ref_tokens: torch.Tensor) -> torch.Tensor:
+        """Frame tokens from what the diffusion head sampled (inverse of :meth:`to_target`)."""
+        if self.arch.target == "latent":
+            return sample
+        ref = ref_tokens if sample.dim() == ref_tokens.dim() else ref_tokens[:, None]
+        return ref + sample * self.arch.target_scale
+
     def tokens_to_latents(self, tokens: torch.Tensor) -> torch.Tensor:
         """``(B, T, N, c)`` -> normalised latents ``(B, T, C, h, w)``."""
         return unpatchify(tokens, self.arch.patch_size, self.arch.latent_channels)
@@ -193,8 +207,11 @@ class EarTalkModel(nn.Module):
         else:
             context = targets
         prev = torch.cat([first[:, None], context[:, :-1]], dim=1)  # (B, T', N, c)
+        if self.training and a.context_drop_prob > 0:  # whole clips whose context is the reference only
+            drop = (torch.rand(b) < a.context_drop_prob).to(prev.device)  # (B,)
+            prev = torch.where(drop[:, None, None, None], ref_tokens[:, None].expand_as(prev), prev)
         z = self.backbone(ref_tokens, cond, prev, clean_first=not mid)  # (B, T', N, D)
-        loss = self.decoder.loss(z.flatten(0, 1), targets.flatten(0, 1))
+        loss = self.decoder.loss(z.flatten(0, 1), self.to_target(targets, ref_tokens).flatten(0, 1))
         return {"loss": loss}
 
     @torch.no_grad()
@@ -237,7 +254,7 @@ class EarTalkModel(nn.Module):
             prev = torch.cat([first[:, None], targets[:, :-1]], dim=1)
             z = self.backbone(ref_tokens, cond, prev, noise=False).flatten(0, 1)  # (B*T, N, D)
             z_null = self.backbone(ref_tokens, null, prev, noise=False).flatten(0, 1) if guided else None
-            return self.decoder.sample(z, z_null, **sample).view(b, t, *first.shape[1:])
+            return self.from_target(self.decoder.sample(z, z_null, **sample).view(b, t, *first.shape[1:]), ref_tokens)
         if mode != "stream":
             raise ValueError(f"rollout mode must be 'stream' or 'parallel', got {mode!r}")
         reps = 2 if guided else 1
@@ -247,7 +264,7 @@ class EarTalkModel(nn.Module):
             slots = torch.cat([cond[:, i], null[:, i]]) if guided else cond[:, i]  # (reps * B, K, Dc)
             z = self.backbone.step(slots, prev.repeat(reps, 1, 1), i + 1, cache, mods)
             z_cond, z_null = z.chunk(2) if guided else (z, None)
-            prev = self.decoder.sample(z_cond, z_null, **sample)  # (B, N, c)
+            prev = self.from_target(self.decoder.sample(z_cond, z_null, **sample), ref_tokens)  # (B, N, c)
             outs.append(prev)
         return torch.stack(outs, dim=1)  # (B, T, N, c)
 
@@ -368,7 +385,7 @@ def vae_decode_flops(arch: ModelArch) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"):
-        vae = FrameVAE(arch.vae_channels, arch.latent_channels, arch.vae_res_blocks, arch.vae_temporal_kernel)
+        vae = FrameVAE.from_arch(arch)
         latent = torch.empty(1, arch.latent_channels, arch.latent_size, arch.latent_size)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():

@@ -82,6 +82,9 @@ class ModelArch:
         vae_temporal_kernel: temporal kernel of the causal 3D convolutions (looks back ``k - 1`` frames).
         vae_kl_weight: beta of the KL term of the VAE loss.
         vae_recon: ``"l1"``, ``"l2"`` or ``"l1+l2"`` reconstruction loss of the VAE.
+        vae_stem: pixel-unshuffle factor s before the VAE's first convolution (1 = none): the
+            spatial factor becomes ``f = s * 2 ** (len(vae_channels) - 1)`` and no layer runs at
+            full resolution (the tiny preset uses 4: wider layers on fewer pixels learn faster on CPU).
         patch_size: p, latents are patchified p x p into tokens of width ``C * p * p``.
         width: backbone width d_model (condition slots are projected to it if the stack differs).
         heads: backbone attention heads.
@@ -119,6 +122,20 @@ class ModelArch:
             attention sink" ablation (identity then enters only through adaLN and frame 0's context).
         adaln_identity: adaLN is modulated by the identity pooled from the reference; False replaces
             it with a learned constant vector (the "no adaLN identity" ablation).
+        context_drop_prob: per training clip, probability that every block's context is the
+            reference instead of the previous frame (our choice, an option): the clip's frames must
+            then come from the portrait and the controls alone, so head pose, blink, gaze and
+            emotion are learned from their condition slots rather than copied from the previous
+            frame (with smooth motion the previous frame predicts them almost exactly, and a model
+            that copies them ignores a commanded change).
+        target: what the MAR decoder's diffusion head generates for a frame: ``"latent"`` (the
+            frame's normalised latent tokens, as in the paper) or ``"reference_delta"`` (our choice,
+            an option: the frame's tokens minus the reference's, divided by ``target_scale``; the
+            sampled delta is added back to the reference tokens). With the delta, whatever the
+            controls do not move (background, hair, skin colour) is the portrait's own by
+            construction, so identity cannot drift away through the generated part.
+        target_scale: divisor of the reference delta (its std on data is well below 1; dividing
+            brings it near unit variance for the diffusion head). Ignored for ``"latent"``.
         decoder_width, decoder_heads, decoder_depth: the per-frame MAR transformer.
         head_width, head_depth: the diffusion MLP (adaLN residual blocks).
         diffusion_steps: training timesteps of the diffusion head.
@@ -139,6 +156,7 @@ class ModelArch:
     vae_temporal_kernel: int = 2
     vae_kl_weight: float = 1e-6
     vae_recon: str = "l1"
+    vae_stem: int = 1
     patch_size: int = 2
     # backbone
     width: int = 64
@@ -164,6 +182,9 @@ class ModelArch:
     rollout_denoise_steps: int = 4
     rollout_cfg: float = 1.0
     mid_clip_prob: float = 0.5
+    context_drop_prob: float = 0.0
+    target: str = "latent"
+    target_scale: float = 1.0
     # per-frame MAR decoder + diffusion head
     decoder_width: int = 64
     decoder_heads: int = 4
@@ -197,6 +218,12 @@ class ModelArch:
             problems.append(f"period P must be > window W (cyclic positions), got P={self.period}, W={self.window}")
         if not 0.0 <= self.frame_rope_fraction <= 1.0:
             problems.append("frame_rope_fraction must be in [0, 1]")
+        if not 0.0 <= self.context_drop_prob <= 1.0:
+            problems.append(f"context_drop_prob must be in [0, 1], got {self.context_drop_prob}")
+        if self.target not in ("latent", "reference_delta"):
+            problems.append(f"target must be 'latent' or 'reference_delta', got {self.target!r}")
+        if self.target_scale <= 0:
+            problems.append(f"target_scale must be > 0, got {self.target_scale}")
         if self.noise_schedule not in ("cosine", "linear"):
             problems.append(f"noise_schedule must be 'cosine' or 'linear', got {self.noise_schedule!r}")
         if self.prediction not in ("v", "eps"):
@@ -227,7 +254,7 @@ class ModelArch:
     @property
     def downsample(self) -> int:
         """Spatial factor f of the frame VAE."""
-        return 2 ** (len(self.vae_channels) - 1)
+        return self.vae_stem * 2 ** (len(self.vae_channels) - 1)
 
     @property
     def latent_size(self) -> int:
@@ -265,13 +292,18 @@ def _round_harmonics(count: int, period: int) -> list[int]:
 
 
 PRESETS: dict[str, ModelArch] = {
-    # Tests: < 1M parameters in backbone + decoder, 64 x 64 frames, 16 tokens of width 32.
+    # Tests, the demo and the study: < 1M parameters in backbone + decoder, 64 x 64 frames,
+    # a 16 x 16 x 4 latent (4x4 pixel-unshuffle stem, one 64-wide level), 16 tokens of width 64.
     "tiny": ModelArch(
         name="tiny",
         resolution=64,
-        latent_channels=8,
-        vae_channels=(8, 16, 32, 32),
+        latent_channels=4,
+        vae_channels=(64,),
+        vae_stem=4,
         vae_temporal_kernel=2,
+        patch_size=4,
+        target="reference_delta",
+        target_scale=0.3,  # std of (frame - reference) in normalised tiny latents: 0.29 on synthetic faces
         width=64,
         heads=4,
         depth=2,

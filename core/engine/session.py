@@ -159,6 +159,7 @@ class StreamingSession:
         tokens = model.decoder.sample(
             z_cond, z_null, s.steps, s.denoise_steps, s.cfg, s.cfg_schedule, s.temperature, s.eta, self.generator
         )  # (B, N, c)
+        tokens = model.from_target(tokens, self.ref_tokens)
         latents = model.tokens_to_latents(tokens[:, None])[:, 0]  # (B, C, h, w)
         pixels = model.vae.decode_step(latents, self.vae_cache).clamp(-1.0, 1.0)  # (B, 3, R, R)
         self.prev_tokens = tokens

@@ -108,12 +108,36 @@ class Upsample(nn.Module):
         return self.conv(x, cache)
 
 
-class Encoder(nn.Module):
-    """Frames ``(B, 3, T, R, R)`` -> posterior parameters ``(B, 2C, T, R/f, R/f)``."""
+def _space_to_depth(x: torch.Tensor, s: int) -> torch.Tensor:
+    """``(B, C, T, H, W)`` -> ``(B, C*s*s, T, H/s, W/s)``, each frame on its own (pixel unshuffle)."""
+    if s == 1:
+        return x
+    b, c, t, h, w = x.shape
+    y = F.pixel_unshuffle(x.transpose(1, 2).reshape(b * t, c, h, w), s)  # (B*T, C*s*s, H/s, W/s)
+    return y.reshape(b, t, c * s * s, h // s, w // s).transpose(1, 2)
 
-    def __init__(self, channels: tuple[int, ...], res_blocks: int, latent_channels: int, kt: int) -> None:
+
+def _depth_to_space(x: torch.Tensor, s: int) -> torch.Tensor:
+    """Inverse of :func:`_space_to_depth`."""
+    if s == 1:
+        return x
+    b, c, t, h, w = x.shape
+    y = F.pixel_shuffle(x.transpose(1, 2).reshape(b * t, c, h, w), s)
+    return y.reshape(b, t, c // (s * s), h * s, w * s).transpose(1, 2)
+
+
+class Encoder(nn.Module):
+    """Frames ``(B, 3, T, R, R)`` -> posterior parameters ``(B, 2C, T, R/f, R/f)``.
+
+    ``stem`` > 1 first folds each ``stem x stem`` pixel patch into channels (pixel unshuffle), so
+    no convolution runs at full resolution (on CPU the full-resolution layers of a thin network
+    cost most of the time and learn slowest).
+    """
+
+    def __init__(self, channels: tuple[int, ...], res_blocks: int, latent_channels: int, kt: int, stem: int = 1) -> None:
         super().__init__()
-        self.conv_in = CausalConv3d(3, channels[0], 3, kt)
+        self.stem = stem
+        self.conv_in = CausalConv3d(3 * stem * stem, channels[0], 3, kt)
         self.layers = nn.ModuleList()
         prev = channels[0]
         for i, ch in enumerate(channels):
@@ -127,7 +151,7 @@ class Encoder(nn.Module):
         self.conv_out = CausalConv3d(prev, 2 * latent_channels, 3, 1)
 
     def forward(self, x: torch.Tensor, cache: TemporalCache | None = None) -> torch.Tensor:
-        h = self.conv_in(x, cache)
+        h = self.conv_in(_space_to_depth(x, self.stem), cache)
         for layer in self.layers:
             h = layer(h, cache)
         h = self.mid(h, cache)
@@ -135,10 +159,11 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Latents ``(B, C, T, R/f, R/f)`` -> frames ``(B, 3, T, R, R)``."""
+    """Latents ``(B, C, T, R/f, R/f)`` -> frames ``(B, 3, T, R, R)`` (``stem``: pixel shuffle at the end)."""
 
-    def __init__(self, channels: tuple[int, ...], res_blocks: int, latent_channels: int, kt: int) -> None:
+    def __init__(self, channels: tuple[int, ...], res_blocks: int, latent_channels: int, kt: int, stem: int = 1) -> None:
         super().__init__()
+        self.stem = stem
         top = channels[-1]
         self.conv_in = CausalConv3d(latent_channels, top, 3, kt)
         self.mid = ResBlock3d(top, top, kt)
@@ -151,13 +176,13 @@ class Decoder(nn.Module):
             if i > 0:
                 self.layers.append(Upsample(prev))
         self.norm_out = FrameGroupNorm(_groups(prev), prev)
-        self.conv_out = CausalConv3d(prev, 3, 3, 1)
+        self.conv_out = CausalConv3d(prev, 3 * stem * stem, 3, 1)
 
     def forward(self, z: torch.Tensor, cache: TemporalCache | None = None) -> torch.Tensor:
         h = self.mid(self.conv_in(z, cache), cache)
         for layer in self.layers:
             h = layer(h, cache)
-        return self.conv_out(F.silu(self.norm_out(h)), cache)
+        return _depth_to_space(self.conv_out(F.silu(self.norm_out(h)), cache), self.stem)
 
 
 class FrameVAE(nn.Module):
@@ -170,6 +195,8 @@ class FrameVAE(nn.Module):
         temporal_kernel: temporal kernel of the causal convolutions.
         kl_weight: beta of :meth:`loss`.
         recon: ``"l1"``, ``"l2"`` or ``"l1+l2"``.
+        stem: pixel-unshuffle factor before the first convolution (1 = none); the spatial factor
+            is ``stem * 2 ** (len(channels) - 1)``.
     """
 
     def __init__(
@@ -180,14 +207,17 @@ class FrameVAE(nn.Module):
         temporal_kernel: int = 2,
         kl_weight: float = 1e-6,
         recon: str = "l1",
+        stem: int = 1,
     ) -> None:
         super().__init__()
+        if stem < 1:
+            raise ValueError(f"FrameVAE stem must be >= 1, got {stem}")
         self.latent_channels = latent_channels
-        self.downsample = 2 ** (len(channels) - 1)
+        self.downsample = stem * 2 ** (len(channels) - 1)
         self.kl_weight = kl_weight
         self.recon = recon
-        self.encoder = Encoder(tuple(channels), res_blocks, latent_channels, temporal_kernel)
-        self.decoder = Decoder(tuple(channels), res_blocks, latent_channels, temporal_kernel)
+        self.encoder = Encoder(tuple(channels), res_blocks, latent_channels, temporal_kernel, stem)
+        self.decoder = Decoder(tuple(channels), res_blocks, latent_channels, temporal_kernel, stem)
         # Latent normalisation, stored with the weights: z_norm = (z - mean) / std.
         self.register_buffer("latent_mean", torch.zeros(latent_channels))
         self.register_buffer("latent_std", torch.ones(latent_channels))
@@ -202,6 +232,7 @@ class FrameVAE(nn.Module):
             arch.vae_temporal_kernel,
             arch.vae_kl_weight,
             arch.vae_recon,
+            arch.vae_stem,
         )
 
     # -- normalisation ---------------------------------------------------------------------------

@@ -136,3 +136,19 @@ def test_probe_metrics_are_registered_proxies_that_see_errors(probe_file: Path, 
     monkeypatch.setenv("TORCH_HOME", str(probe_file.parent / "nowhere"))
     skipped = ProbeBlink().compute(same, truth)
     assert skipped.value is None and "eartalk probe --out" in skipped.skipped
+
+
+def test_probe_command_defaults_are_the_training_defaults(probe_file: Path, capsys) -> None:
+    """`eartalk probe --out FILE` without size flags (the class-attribute defaults once crashed it)."""
+    import argparse
+
+    from eartalk.metrics.probe import ProbeCommand, ProbeTraining
+
+    parser = argparse.ArgumentParser()
+    command = ProbeCommand()
+    command.add_arguments(parser)
+    args = parser.parse_args(["--out", str(probe_file), "--heldout", "1", "--json"])
+    d = ProbeTraining()
+    assert (args.identities, args.frames, args.epochs) == (d.identities, d.frames_per_identity, d.epochs)
+    assert command.run(args) == 0  # an existing file is only measured
+    assert '"heldout_accuracy"' in capsys.readouterr().out

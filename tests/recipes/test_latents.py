@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from eartalk.core.cli import main
+from eartalk.core.engine.presets import get_arch
 from eartalk.core.errors import ConfigError, InputError
 
 
@@ -79,7 +80,9 @@ def test_encode_then_train_batches_read_latents(setup, capsys) -> None:
     dm = make_datamodule(cfg, None)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    assert batch["latents"].shape == (2, 8, 8, 8, 8) and batch["reference_latents"].shape == (2, 8, 8, 8)
+    tiny = get_arch("tiny")
+    lat = (tiny.latent_channels, tiny.latent_size, tiny.latent_size)
+    assert batch["latents"].shape == (2, 8, *lat) and batch["reference_latents"].shape == (2, *lat)
 
 
 def test_another_vae_never_reads_a_stale_cache(setup, tmp_path: Path) -> None:

@@ -165,18 +165,19 @@ def test_rollout_context_is_the_model_own_stream(toy_stack, reference_frames=Non
     seen = {}
     record_input(model.backbone, seen, "prev", 2)
     _, targets = contexts(model, batch)
-    torch.testing.assert_close(targets, model.encode_tokens(batch["frames"]), rtol=0, atol=0)
+    truth = model.encode_tokens(batch["frames"])
+    ref_tokens = model.encode_tokens(batch["reference"][:, None])[:, 0]
+    torch.testing.assert_close(targets, model.to_target(truth, ref_tokens), rtol=0, atol=0)
     model.eval()
     session = model.session(batch["reference"][0], steps=2, denoise_steps=3, cfg=1.0, seed=0)
     rows = [session.step({"toy": batch["signals"]["toy"][0, i]}).latents for i in range(5)]
-    streamed = patchify(torch.stack(rows, dim=1), 2)  # (1, 5, N, c)
-    ref_tokens = model.encode_tokens(batch["reference"][:, None])[:, 0]
+    streamed = patchify(torch.stack(rows, dim=1), arch.patch_size)  # (1, 5, N, c)
     torch.testing.assert_close(seen["prev"][:, 0], ref_tokens)
     # the rollout used the global RNG; rerun it with the session's generator to compare exactly
     cond = model.stack({"toy": batch["signals"]["toy"]}, {"toy": torch.ones(1, 6, dtype=torch.bool)})
     rolled = model.rollout_tokens(ref_tokens, cond, ref_tokens, mode="stream", generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(rolled[:, :5], streamed, rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(rolled[:, :5], targets[:, :5], atol=0.1), "the rollout context is not the truth"
+    assert not torch.allclose(rolled[:, :5], truth[:, :5], atol=0.1), "the rollout context is not the truth"
 
 
 def test_rollout_happens_at_its_rate_and_costs_no_gradients(toy_stack):
@@ -211,7 +212,7 @@ def test_joint_dropout_reaches_the_backbone_at_its_rates(toy_stack):
         "frames": torch.zeros(b, 2, 3, 64, 64), "reference": torch.zeros(b, 3, 64, 64),
         "signals": {"toy": torch.randn(b, 2, 3), "toy_audio": torch.randn(b, 2, 4)},
     }
-    model.encode_tokens = lambda frames: torch.zeros(*frames.shape[:2], 16, 32)  # the VAE plays no part here
+    model.encode_tokens = lambda frames: torch.zeros(*frames.shape[:2], arch.num_tokens, arch.token_dim)  # no VAE here
     seen = {}
     record_input(model.backbone, seen, "cond", 1)
     torch.manual_seed(0)
@@ -223,3 +224,36 @@ def test_joint_dropout_reaches_the_backbone_at_its_rates(toy_stack):
     assert abs((toy_null & audio_null).float().mean().item() - 0.2) < 0.06  # binomial std 0.016
     assert abs((toy_null & ~audio_null).float().mean().item() - 0.3) < 0.06
     assert not (~toy_null & audio_null).any()
+
+
+@pytest.mark.parametrize("target", ["latent", "reference_delta"])
+def test_the_diffusion_target_is_what_arch_target_says(toy_stack, target):
+    """``reference_delta``: the head learns (tokens - reference) / scale and the session adds the reference back."""
+    torch.manual_seed(0)
+    model = EarTalkModel(get_arch("tiny", target=target, target_scale=0.5, mid_clip_prob=0.0, rollout_prob=0.0), toy_stack)
+    batch = smooth_batch()
+    model.vae.fit_latent_stats([batch["frames"]])
+    seen = {}
+
+    def spy(z, targets):
+        seen["targets"] = targets
+        return targets.sum() * 0
+
+    model.decoder.loss = spy
+    model.loss(batch)
+    tokens = model.encode_tokens(batch["frames"])  # (B, T, N, c)
+    ref = model.encode_tokens(batch["reference"][:, None])  # (B, 1, N, c)
+    want = tokens if target == "latent" else (tokens - ref) / 0.5
+    torch.testing.assert_close(seen["targets"], want.flatten(0, 1))
+
+    # a head that samples zeros: the delta target gives back the portrait itself, frame after frame
+    model.eval()
+    model.decoder.sample = lambda z_cond, *args, **kw: torch.zeros(z_cond.shape[0], z_cond.shape[1], model.arch.token_dim)
+    session = model.session(batch["reference"][:1], cfg=1.0)
+    frames = [session.step({}).latents for _ in range(3)]
+    ref_latents = model.vae.encode(batch["reference"][:1, None])[:, 0]
+    for latents in frames:
+        if target == "reference_delta":
+            torch.testing.assert_close(latents, ref_latents)
+        else:
+            assert torch.equal(latents, torch.zeros_like(latents))
