@@ -198,7 +198,7 @@ def test_every_subcommand_has_a_description_and_defaults_show() -> None:
     for name, p in sub.choices.items():
         assert p.description, f"`eartalk {name}` has no description"
     demo = sub.choices["demo"].format_help()
-    assert "(default: 120)" in " ".join(demo.split())
+    assert "(default: 200)" in " ".join(demo.split())
 
 
 def test_plugin_option_error_names_file_key_and_allowed_values(tmp_path: Path, capsys) -> None:
