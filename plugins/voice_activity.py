@@ -19,6 +19,8 @@ frames quieter than ``silence_db`` are always 0.
 
 from __future__ import annotations
 
+import math
+from collections import deque
 from typing import Any
 
 import attrs
@@ -72,28 +74,64 @@ def frame_levels(audio: torch.Tensor, num_frames: int) -> np.ndarray:
     return (20 * torch.log10(rms + 1e-10)).numpy()
 
 
+class _Hysteresis:
+    """The energy detector's state machine, one frame level (dBFS) at a time."""
+
+    def __init__(self, options: VoiceActivityOptions) -> None:
+        self.options, self.speaking, self.quiet_run = options, False, 0
+
+    def step(self, level: float, floor: float) -> float:
+        o = self.options
+        on = max(o.on_db, floor + o.margin_db)
+        off = min(max(o.off_db, floor + o.margin_db / 2), on)
+        if level <= o.silence_db:
+            self.speaking, self.quiet_run = False, 0
+        elif not self.speaking and level >= on:
+            self.speaking, self.quiet_run = True, 0
+        elif self.speaking and level < off:
+            self.quiet_run += 1
+            if self.quiet_run > o.hangover:
+                self.speaking, self.quiet_run = False, 0
+        elif self.speaking:
+            self.quiet_run = 0
+        return float(self.speaking)
+
+
 def energy_vad(levels: np.ndarray, options: VoiceActivityOptions) -> np.ndarray:
-    """Hysteresis detector on frame levels (dBFS): ``(T,)`` of 0/1."""
+    """Hysteresis detector on frame levels (dBFS): ``(T,)`` of 0/1 (noise floor: the clip's 10th percentile)."""
     if levels.size == 0:
         return np.zeros(0, np.float32)
     floor = float(np.percentile(levels, 10))
-    on = max(options.on_db, floor + options.margin_db)
-    off = min(max(options.off_db, floor + options.margin_db / 2), on)
-    out = np.zeros(levels.shape[0], np.float32)
-    speaking, quiet_run = False, 0
-    for t, level in enumerate(levels):
-        if level <= options.silence_db:
-            speaking, quiet_run = False, 0
-        elif not speaking and level >= on:
-            speaking, quiet_run = True, 0
-        elif speaking and level < off:
-            quiet_run += 1
-            if quiet_run > options.hangover:
-                speaking, quiet_run = False, 0
-        elif speaking:
-            quiet_run = 0
-        out[t] = float(speaking)
-    return out
+    detector = _Hysteresis(options)
+    return np.array([detector.step(float(level), floor) for level in levels], np.float32)
+
+
+class VoiceActivityStream:
+    """The energy detector frame by frame, for live audio (the server's microphone and listening mode).
+
+    The noise floor is the 10th percentile of the last ``history`` frame levels (the offline
+    detector uses the whole clip's), so a stream decides each frame from its past alone; during
+    the first ``warmup`` frames there is no floor yet and the fixed ``on_db`` / ``off_db`` decide.
+
+    Example::
+
+        vad = plugin.live_detector()
+        speaking = vad.push(samples_of_one_frame)  # 0.0 or 1.0
+    """
+
+    def __init__(self, options: VoiceActivityOptions, history: int = 250, warmup: int = 25) -> None:
+        self.detector = _Hysteresis(options)
+        self.levels: deque[float] = deque(maxlen=max(1, int(history)))
+        self.warmup = int(warmup)
+
+    def push(self, samples: np.ndarray | torch.Tensor) -> float:
+        """``speaking`` (0 or 1) of one frame from its samples (16 kHz mono; 640 of them at 25 fps)."""
+        wave = torch.as_tensor(np.asarray(samples, dtype=np.float64)).reshape(-1)
+        level = float(frame_levels(wave, 1)[0]) if wave.numel() else -200.0
+        self.levels.append(level)
+        known = len(self.levels) >= min(self.warmup, self.levels.maxlen or 1)
+        floor = float(np.percentile(np.fromiter(self.levels, float), 10)) if known else -math.inf
+        return self.detector.step(level, floor)
 
 
 class VoiceActivity(ConditionPlugin):
@@ -158,6 +196,11 @@ class VoiceActivity(ConditionPlugin):
         centers = (np.arange(scores.shape[0]) + 0.5) * (chunk / per_chunk)  # sample index of each model frame
         frame_centers = (np.arange(frames) + 0.5) * SAMPLES_PER_FRAME
         return np.clip(np.interp(frame_centers, centers, scores), 0.0, 1.0)
+
+    def live_detector(self, history: int = 250) -> VoiceActivityStream:
+        """A frame-by-frame energy detector for live audio (the pyannote model, if set, is not used:
+        it needs whole chunks of several seconds)."""
+        return VoiceActivityStream(self.options, history)
 
     def encode(self, signal: torch.Tensor) -> torch.Tensor:
         return self.tokenizer(signal)  # (B, T, 1) -> (B, T, slots, D)

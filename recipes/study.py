@@ -167,10 +167,16 @@ def train_vae(data: Path, out: Path, preset: str, steps: int, seed: int, progres
 
 
 def train_model(data: Path, out: Path, preset: str, vae: Path, steps: int, seed: int, progress: bool,
-                arch: dict[str, Any] | None = None, batch_size: int = 4) -> Path:
-    """Train the AR model with the ``train`` recipe and the study's condition stack; returns its checkpoint."""
+                arch: dict[str, Any] | None = None, batch_size: int = 4, latents: bool = True) -> Path:
+    """Train the AR model with the ``train`` recipe and the study's condition stack; returns its checkpoint.
+
+    With ``latents`` the dataset is pre-encoded once with the frozen VAE (``eartalk encode``; kept
+    for later runs with the same VAE) and training reads the latents: on 2 CPU cores the VAE
+    encoder is about half of a teacher-forced tiny step.
+    """
     from eartalk.core.config import structure
     from eartalk.core.engine.presets import PRESETS
+    from eartalk.recipes.encode import encode_dataset
     from eartalk.recipes.train import TrainConfig, TrainRecipe
 
     window = PRESETS[preset].window
@@ -178,9 +184,11 @@ def train_model(data: Path, out: Path, preset: str, vae: Path, steps: int, seed:
                      "model": {"preset": preset, "vae_checkpoint": str(vae), "arch": dict(arch or {})},
                      "conditions": [{"name": n} for n in STUDY_CONDITIONS],
                      "data": {"root": str(data), "clip_frames": max(10, window + 4), "batch_size": batch_size,
-                              "val_fraction": 0.1},
+                              "val_fraction": 0.1, "latents": latents},
                      "optim": {"lr": 2e-3, "warmup_steps": 30},
                      "trainer": trainer_section(steps, progress)}, TrainConfig)
+    if latents:
+        encode_dataset(cfg, progress=progress)
     return TrainRecipe().run(cfg)
 
 

@@ -58,6 +58,7 @@ BUNDLED_SPEECH_SECONDS = 20.0
 _LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9_:+-]{0,63}$")  # label values: never a path (no '.', '/', '\\')
 _MB = 2**20
 MAX_AUDIO_CHUNKS = 256  # live-audio chunks waiting for the session thread, per session
+VOICE = "voice_activity"  # the control the listening mode drives
 
 
 @attrs.frozen
@@ -425,6 +426,7 @@ class Session:
         self.controls: queue.SimpleQueue = queue.SimpleQueue()
         self.audio_in: queue.Queue = queue.Queue(maxsize=MAX_AUDIO_CHUNKS)  # live audio, bounded
         self.microphone = False  # the running stream reads live audio
+        self.voice_by_user = False  # the client set or cleared voice_activity (the live detector stops driving it)
         self.closed = threading.Event()
         self.stop_requested = threading.Event()
         self.job: asyncio.Future | None = None
@@ -664,6 +666,8 @@ class Session:
                 session.clear_control(name)
             else:
                 session.set_control(name, row)
+            if name == VOICE:
+                self.voice_by_user = True  # the user's voice_activity wins over the live detector
             self._emit_json({"type": "ack", "id": ident, "name": name, "frame": session.index,
                              "cleared": row is None, "wait_ms": round((time.perf_counter() - received) * 1000, 2)})
 
@@ -696,26 +700,34 @@ class Session:
         device = next(model.parameters()).device
         session = model.session(reference.to(device), **request.sampling)
         self.server.streams.add(session)
+        speaking = None  # (T,) voice activity of a file, computed once
         if wave is not None:  # small per-frame signals of the other audio-driven controls, computed once
             from eartalk.core.types import Sample
 
             for name, plugin in model.stack.plugins.items():
                 if "audio" in plugin.requires and name != served.audio_plugin:
-                    session.set_control(name, plugin.extract(Sample(audio=wave, num_frames=frames)), start=0)
+                    signal = plugin.extract(Sample(audio=wave, num_frames=frames))
+                    session.set_control(name, signal, start=0)
+                    if name == VOICE:
+                        speaking = signal[:, 0].numpy()
+        self.voice_by_user = any(name == VOICE for name, _ in request.controls)
         for name, row in request.controls:
             if row is None:
                 session.clear_control(name, start=0)
             else:
                 session.set_control(name, row, start=0)
-        feed = _AudioFeed(self, model.stack.plugins[served.audio_plugin], wave, request.speech == "microphone") \
-            if served.audio_plugin and (wave is not None or request.speech == "microphone") else None
+        listen = request.speech == "none"
+        live_vad = model.stack.plugins[VOICE].live_detector() \
+            if VOICE in model.stack.plugins and (request.speech == "microphone" or listen) else None
+        feed = _AudioFeed(self, model.stack.plugins[served.audio_plugin], wave, request.speech == "microphone", listen) \
+            if served.audio_plugin and (wave is not None or request.speech in ("microphone", "none")) else None
         self._emit_json({
             "type": "started", "frames": frames, "fps": VIDEO_FPS, "resolution": served.resolution,
             "speech": request.speech, "pace": request.pace, "prepare_ms": round((time.perf_counter() - t_start) * 1000, 2),
             "audio": {"sample_rate": AUDIO_SAMPLE_RATE, "samples_per_frame": SAMPLES_PER_FRAME,
                       "lookahead_frames": served.audio_lookahead},
         })
-        reason, t0 = "done", None
+        reason, t0, was_speaking = "done", None, None
         silence = np.zeros(SAMPLES_PER_FRAME, np.int16).tobytes()
         while session.index < frames:
             if self.stop_requested.is_set():
@@ -731,6 +743,17 @@ class Session:
                 row, samples = got
                 signals = {served.audio_plugin: row}
                 audio = (samples * 32767).astype("<i2").tobytes()
+                if live_vad is not None:  # microphone / listening: voice activity from this frame's samples
+                    now_speaking = live_vad.push(samples)
+                    if not self.voice_by_user:
+                        signals[VOICE] = torch.tensor([now_speaking])
+                    speaking_now: float | None = now_speaking
+                else:
+                    speaking_now = None if speaking is None else float(speaking[min(session.index, speaking.shape[0] - 1)])
+                if speaking_now is not None and (speaking_now >= 0.5) != was_speaking and not self.voice_by_user:
+                    was_speaking = speaking_now >= 0.5
+                    self._emit_json({"type": "voice", "frame": session.index, "speaking": was_speaking,
+                                     "listening": not was_speaking})
             if request.pace == "realtime" and t0 is not None and request.speech != "microphone":
                 due = t0 + session.index / VIDEO_FPS
                 if time.perf_counter() - due > 2 / VIDEO_FPS:
@@ -760,8 +783,8 @@ class _AudioFeed:
     Each row comes with the 640 samples of its own frame (what the page plays with that frame).
     """
 
-    def __init__(self, session: Session, plugin: Any, wave: torch.Tensor | None, mic: bool) -> None:
-        self.session, self.stream, self.mic = session, plugin.stream(), mic
+    def __init__(self, session: Session, plugin: Any, wave: torch.Tensor | None, mic: bool, silent: bool = False) -> None:
+        self.session, self.stream, self.mic, self.silent = session, plugin.stream(), mic, silent
         self.wave = None if wave is None else wave.numpy().astype(np.float32)
         self.pushed = 0  # samples of the file pushed so far
         self.rows: deque[torch.Tensor] = deque()
@@ -772,7 +795,9 @@ class _AudioFeed:
         """Push the next piece of audio into the stream; False once nothing more can come."""
         if self.ended:
             return False
-        if not self.mic:
+        if self.silent:  # listening mode: digital silence for as long as the stream runs
+            chunk = np.zeros(SAMPLES_PER_FRAME, np.float32)
+        elif not self.mic:
             if self.pushed >= self.wave.shape[0]:
                 self.rows.extend(self.stream.flush())
                 self.ended = True

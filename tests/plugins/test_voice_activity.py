@@ -45,6 +45,20 @@ def test_hysteresis_bridges_short_pauses():
     assert float(no_hang[10:13].max()) == 0.0
 
 
+def test_live_detector_frame_by_frame_agrees_with_the_offline_one(speech_16k):
+    """The live detector sees one frame at a time (its floor from the past only) and still finds
+    the speech and the pauses around it; digital silence is 0 from the first frame."""
+    audio = torch.cat([_silence(30), speech_16k[: 100 * SAMPLES_PER_FRAME], _silence(40)])
+    plugin = VoiceActivity(8)
+    offline = plugin.extract(Sample(audio=audio))[:, 0].numpy()
+    live_detector = plugin.live_detector()
+    live = [live_detector.push(frame) for frame in audio.reshape(-1, SAMPLES_PER_FRAME)]
+    assert max(live[:30]) == 0.0 and max(live[-30:]) == 0.0
+    assert (sum(a == b for a, b in zip(live, offline, strict=True)) / len(live)) >= 0.9
+    speech_first = VoiceActivity(8).live_detector()  # no history yet: the fixed thresholds decide
+    assert speech_first.push(torch.full((SAMPLES_PER_FRAME,), 0.1)) == 1.0  # -20 dBFS
+
+
 def test_silence_and_missing_audio():
     plugin = VoiceActivity(8)
     assert plugin.extract(Sample(audio=_silence(12))).eq(0).all()

@@ -56,7 +56,9 @@ def run(coro: Any, timeout: float = 120.0) -> Any:
 def reference_jpegs(served: Any, frames: int, seconds: float, face_seed: int = 0, sampling: dict | None = None,
                     controls: dict[int, tuple[str, Any]] | None = None, quality: int = 85, microphone: bool = False) -> list[bytes]:
     """What the server must send for a bundled-face, bundled-speech stream, made here without it
-    (``microphone``: the speech arrives live, so the other audio-driven controls stay absent)."""
+    (``microphone``: the speech arrives live, so voice activity comes from the live detector)."""
+    import torch
+
     from eartalk.core.types import SAMPLES_PER_FRAME, VIDEO_FPS, Sample, to_model_range, to_uint8
     from eartalk.recipes.serving.server import _AudioFeed, encode_jpeg, parse_control_value
 
@@ -68,13 +70,17 @@ def reference_jpegs(served: Any, frames: int, seconds: float, face_seed: int = 0
         if "audio" in plugin.requires and name != served.audio_plugin and not microphone:
             session.set_control(name, plugin.extract(Sample(audio=wave, num_frames=frames)), start=0)
     feed = _AudioFeed(None, model.stack.plugins[served.audio_plugin], wave, mic=False)
+    vad = model.stack.plugins["voice_activity"].live_detector() if microphone else None
     out = []
     for t in range(frames):
-        row, _ = feed.next()
+        row, samples = feed.next()
         if controls and t in controls:
             name, value = controls[t]
             session.set_control(name, parse_control_value(model.stack.plugins[name], value))
-        frame = session.step({served.audio_plugin: row})
+        signals = {served.audio_plugin: row}
+        if vad is not None:  # the microphone's voice activity comes from the live detector
+            signals["voice_activity"] = torch.tensor([vad.push(samples)])
+        frame = session.step(signals)
         out.append(encode_jpeg(to_uint8(frame.pixels[0]), quality))
     return out
 
@@ -213,6 +219,62 @@ def test_microphone_chunks_drive_the_same_rows_as_a_file(server) -> None:
     assert [f.jpeg for f in frames] == reference_jpegs(served, 12, 12 / 25, sampling=FAST, microphone=True)
     audio = np.frombuffer(b"".join(f.audio for f in frames), "<i2").astype(np.float32) / 32767
     assert np.abs(audio - wave).max() < 2e-4
+
+
+def test_listening_mode_streams_silence_with_voice_activity_off(server) -> None:
+    """speech "none" is the listening mode: silent audio rows and voice_activity 0 on every frame
+    (byte-equal to a session stepped that way here), a "voice" message saying so at frame 0."""
+    import torch
+
+    from eartalk.core.types import SAMPLES_PER_FRAME, to_model_range, to_uint8
+    from eartalk.recipes.serving.server import _AudioFeed, encode_jpeg
+
+    served = server.server.model
+
+    async def go():
+        async with ServeClient(server.url) as client:
+            await client.start(portrait="bundled", speech="none", frames=8, pace="fast", sampling=FAST)
+            return await collect(client), [m for m in client.messages if m.get("type") == "voice"]
+
+    frames, voices = run(go())
+    assert voices == [{"type": "voice", "frame": 0, "speaking": False, "listening": True}]
+    assert all(f.audio == bytes(2 * SAMPLES_PER_FRAME) for f in frames)
+    model = served.model
+    session = model.session(to_model_range(served.face(0)), **FAST)
+    feed = _AudioFeed(None, model.stack.plugins[served.audio_plugin], None, mic=False, silent=True)
+    expected = []
+    for _ in range(8):
+        row, _ = feed.next()
+        step = session.step({served.audio_plugin: row, "voice_activity": torch.zeros(1)})
+        expected.append(encode_jpeg(to_uint8(step.pixels[0]), 85))
+    assert [f.jpeg for f in frames] == expected
+
+
+def test_microphone_voice_activity_follows_speech_and_pauses(server) -> None:
+    """Live speech then silence: the live detector says speaking, then listening after the pause
+    starts (after the detector's hangover of 4 frames); a voice_activity set by the client stops
+    the detector."""
+    served = server.server.model
+    speech = served.speech(0).numpy()
+    loud = np.argmax(np.abs(speech) > 0.05)  # the bundled speech's first syllable
+    hiss = np.random.default_rng(0).normal(0, 1e-3, 20 * 640).astype(np.float32)  # a quiet room, -60 dBFS
+    wave = np.concatenate([speech[loud:loud + 10 * 640], hiss])
+
+    async def go(override: bool):
+        async with ServeClient(server.url) as client:
+            await client.start(portrait="bundled", speech="microphone", pace="fast", sampling=FAST,
+                               controls=[{"name": "voice_activity", "value": 1.0}] if override else [])
+            for a in range(0, wave.shape[0], 640):
+                await client.send_audio_chunk(wave[a:a + 640])
+            await client.send({"type": "audio_end"})
+            await collect(client)
+            return [m for m in client.messages if m.get("type") == "voice"]
+
+    voices = run(go(False))
+    assert voices[0]["frame"] == 0 and voices[0]["speaking"] is True
+    quiet = [v for v in voices if v["listening"]]
+    assert quiet and 10 < quiet[0]["frame"] <= 10 + 6, voices
+    assert run(go(True)) == []  # the client's own voice_activity wins
 
 
 def test_stop_ends_the_stream_and_the_socket_can_start_again(server) -> None:

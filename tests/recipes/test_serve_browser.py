@@ -131,9 +131,27 @@ def test_page_streams_and_a_slider_moved_mid_stream_is_acknowledged(page, tmp_pa
     fps = driver.find_element(By.ID, "stat-fps").text
     assert fps != "-", "the page shows its fps"
     assert float(driver.find_element(By.ID, "stat-latency").text) > 0
+    voice = driver.find_element(By.ID, "stat-voice").text
+    assert voice.startswith(("speaking", "listening")), f"the page shows the voice state: {voice!r}"
     driver.find_element(By.ID, "stop").click()
     wait_for(driver, "return document.getElementById('stat-state').textContent.startsWith('ended')"
                      " || document.getElementById('stat-state').textContent === 'idle'")
+
+
+def test_page_listening_mode_says_listening(page) -> None:
+    """speech "none" on the page: the listening mode, shown as such."""
+    from selenium.webdriver.common.by import By
+
+    running, driver = page
+    driver.get(running.url + "/")
+    wait_for(driver, "return document.getElementById('slider-head_pose-yaw') !== null")
+    driver.find_element(By.CSS_SELECTOR, "input[name=speech][value=none]").click()
+    driver.find_element(By.ID, "start").click()
+    wait_for(driver, "return window.eartalk.framesDrawn >= 5", timeout=90)
+    assert driver.find_element(By.ID, "stat-voice").text.startswith("listening")
+    assert driver.execute_script("return window.eartalk.errors") == []
+    driver.find_element(By.ID, "stop").click()
+    wait_for(driver, "return !document.getElementById('start').disabled")
 
 
 def test_page_streams_from_the_microphone(page) -> None:

@@ -9,7 +9,7 @@ const PLAYOUT_DELAY = 0.12;  // s of audio buffered before the first frame plays
 const $ = (id) => document.getElementById(id);
 const ui = {
   error: $("error"), start: $("start"), stop: $("stop"), view: $("view"), acks: $("acks"),
-  frame: $("stat-frame"), fps: $("stat-fps"), latency: $("stat-latency"), gen: $("stat-gen"), state: $("stat-state"),
+  frame: $("stat-frame"), fps: $("stat-fps"), latency: $("stat-latency"), gen: $("stat-gen"), state: $("stat-state"), voice: $("stat-voice"),
 };
 const ctx2d = ui.view.getContext("2d");
 
@@ -211,10 +211,14 @@ async function onMessage(event, opts) {
     setState("preparing");
   } else if (msg.type === "started") {
     setState(`streaming ${msg.frames === null ? "" : msg.frames + " frames"}`);
+    ui.voice.textContent = "-"; ui.voice.className = "";
     ui.stop.disabled = false;
     if (opts.speech === "microphone") startMic();
   } else if (msg.type === "ack") {
     onAck(msg);
+  } else if (msg.type === "voice") {
+    ui.voice.textContent = msg.listening ? `listening (frame ${msg.frame})` : `speaking (frame ${msg.frame})`;
+    ui.voice.className = msg.listening ? "listening" : "speaking";
   } else if (msg.type === "error") {
     showError(`${msg.code}: ${msg.message}`);
     if (msg.code === "start_failed" || msg.fatal) { ws.close(); }
