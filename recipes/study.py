@@ -77,6 +77,8 @@ class StudyConfig:
         clips, seconds: synthetic training clips (identities) and their length.
         emotion_segments: emotions per training clip (> 1: the reference frame often shows another
             emotion than the training window, so the emotion control must be read, not copied).
+        motion_hz: highest frequency of the training clips' head rotations (the held-out clips keep
+            the calm 0.4 Hz); faster motion puts more pose change between reference and window.
         vae_steps: VAE training steps.
         steps: main model training steps.
         ablation_steps: training steps of every ablation variant (the same for all; equal to
@@ -90,6 +92,8 @@ class StudyConfig:
         ablation_checkpoints: ``name -> checkpoint`` used instead of training that variant.
         probe: probe file (trained and saved there when missing).
         probe_identities, probe_epochs: probe training size when it is trained here.
+        guidance: classifier-free guidance scale the streams are sampled with (``--cfg``; None:
+            each checkpoint's own default, ``arch.sampling.cfg``).
         threads: torch intra-op threads.
         seed: seed of data, training and sampling.
         progress: progress bars.
@@ -99,9 +103,10 @@ class StudyConfig:
     preset: str = "tiny"
     clips: int = 200
     seconds: float = 1.0
-    emotion_segments: int = 1
+    emotion_segments: int = 2
+    motion_hz: float = 1.5
     vae_steps: int = 1500
-    steps: int = 2000
+    steps: int = 4000
     ablation_steps: int = 600
     ablations: tuple[str, ...] = ("sink", "no_sink", "no_adaln_identity")
     batch_size: int = 4
@@ -114,6 +119,7 @@ class StudyConfig:
     probe: str | None = None
     probe_identities: int = 120
     probe_epochs: int = 6
+    guidance: float | None = None
     threads: int = 2
     seed: int = 0
     progress: bool = True
@@ -127,8 +133,12 @@ class StudyConfig:
             raise ConfigError(f"study: --ablation-checkpoint names unknown ablation(s) {unknown}; choose from {', '.join(ABLATIONS)}")
         if self.eval_frames < 20:
             raise ConfigError(f"study: eval_frames must be >= 20, got {self.eval_frames}")
-        if min(self.clips, self.heldout, self.vae_steps, self.steps, self.ablation_steps, self.threads) < 1:
-            raise ConfigError("study: clips, heldout, vae_steps, steps, ablation_steps and threads must be >= 1")
+        if min(self.clips, self.heldout, self.vae_steps, self.steps, self.ablation_steps, self.threads, self.emotion_segments) < 1:
+            raise ConfigError("study: clips, heldout, vae_steps, steps, ablation_steps, threads and emotion_segments must be >= 1")
+        if self.guidance is not None and not self.guidance >= 0:
+            raise ConfigError(f"study: --cfg must be >= 0, got {self.guidance}")
+        if not self.motion_hz > 0.05:
+            raise ConfigError(f"study: motion_hz must be > 0.05 (the slowest head motion component), got {self.motion_hz}")
         for what, path in (("--vae-checkpoint", self.vae_checkpoint), ("--checkpoint", self.checkpoint),
                            *((f"--ablation-checkpoint {k}", v) for k, v in self.ablation_checkpoints.items())):
             if path and not Path(path).is_file():
@@ -195,6 +205,13 @@ def train_model(data: Path, out: Path, preset: str, vae: Path, steps: int, seed:
 # ---------------------------------------------------------------------------------------------
 # held-out clips and streaming
 # ---------------------------------------------------------------------------------------------
+def with_guidance(model: Any, scale: float | None) -> Any:
+    """``model`` whose sessions sample with guidance ``scale`` by default (None: unchanged)."""
+    if scale is not None:
+        model.arch = attrs.evolve(model.arch, sampling=attrs.evolve(model.arch.sampling, cfg=float(scale)))
+    return model
+
+
 def load_heldout(root: Path, stack: Any, frames: int) -> list[dict[str, Any]]:
     """Every clip of a held-out dataset as one item of ``frames`` frames (signals from ``stack``, true mouth)."""
     from eartalk.core.data.dataset import TalkingHeadDataset
@@ -458,9 +475,13 @@ TARGETS = {"drift_l1_late_over_early": ("<=", 1.25), "psnr_late_db": (">=", 22.0
 def write_markdown(path: Path, report: dict[str, Any]) -> Path:
     """``report.md``: budget, headline table against the issue's targets, ablations, probe accuracy."""
     lines = ["# eartalk study", "", f"Generated {report['finished']} on this machine ({report['threads']} threads).", ""]
+    if report.get("sampling"):
+        s = report["sampling"]
+        lines += [f"Sampling: guidance (cfg) {s['cfg']}, MAR steps {s['steps']}, diffusion steps {s['denoise_steps']}.", ""]
     b = report["budget"]
     lines += ["## Training budget", "",
-              f"- data: {b['clips']} synthetic training identities x {b['seconds']} s at {b['resolution']} px",
+              f"- data: {b['clips']} synthetic training identities x {b['seconds']} s at {b['resolution']} px "
+              f"({b.get('emotion_segments', 1)} emotion segment(s) per clip, head motion up to {b.get('motion_hz', 0.4)} Hz)",
               f"- VAE: {_steps(b['vae_steps'])}; main model: {_steps(b['steps'])}; every ablation variant: {b['ablation_steps']} steps",
               f"- training minutes: VAE {b['vae_minutes']:.1f}, main model {b['model_minutes']:.1f}, "
               f"ablations {b['ablation_minutes']:.1f} (total {b['total_minutes']:.1f})",
@@ -540,7 +561,7 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
         heldout=4, progress=cfg.progress)
 
     data = synthesize_dataset(out / "data", clips=cfg.clips, seconds=cfg.seconds, resolution=resolution, seed=cfg.seed,
-                              emotion_segments=cfg.emotion_segments, progress=cfg.progress)
+                              emotion_segments=cfg.emotion_segments, motion_hz=cfg.motion_hz, progress=cfg.progress)
     heldout_root = synthesize_dataset(out / "heldout", clips=cfg.heldout, seconds=cfg.eval_frames / VIDEO_FPS,
                                       resolution=resolution, seed=cfg.seed + 1000,
                                       emotion_segments=max(2, cfg.eval_frames // 250), progress=cfg.progress)
@@ -575,7 +596,7 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
         checkpoints[f"ablation_{name}"] = str(ablation_ckpts[name][0])
     minutes["ablations"] = sum(m for p, m in ablation_ckpts.values() if p != main_ckpt)
 
-    model = load_trained(main_ckpt)
+    model = with_guidance(load_trained(main_ckpt), cfg.guidance)
     items = load_heldout(heldout_root, model.stack, cfg.eval_frames)
     frames = cfg.eval_frames
     main = measure(model, items, probe, frames, "main model", cfg.seed, cfg.progress)
@@ -588,7 +609,7 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
         if path == main_ckpt:
             res = dict(main)
         else:
-            variant = load_trained(path)
+            variant = with_guidance(load_trained(path), cfg.guidance)
             res = measure(variant, items, probe, frames, f"ablation {name}", cfg.seed, cfg.progress)
             res["fps"] = single_stream_fps(variant, items[0])
             curves[name] = res
@@ -596,7 +617,7 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
         ablations[name] = res
     untrained = None
     if cfg.untrained:
-        untrained = measure(untrained_model(main_ckpt), items, probe, frames, "untrained model", cfg.seed, cfg.progress)
+        untrained = measure(with_guidance(untrained_model(main_ckpt), cfg.guidance), items, probe, frames, "untrained model", cfg.seed, cfg.progress)
         curves["untrained"] = untrained
     files = {"report_json": str(out / "report.json"), "report_md": str(out / "report.md")}
     for i, path in enumerate(_plots(out, curves, main, items, probe, floor)):
@@ -611,7 +632,9 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
         "fidelity": "proxy (synthetic probe on synthetic faces; not a paper metric)",
         "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "threads": cfg.threads,
+        "sampling": attrs.asdict(model.arch.sampling),
         "budget": {"clips": cfg.clips, "seconds": cfg.seconds, "resolution": resolution, "preset": cfg.preset,
+                   "emotion_segments": cfg.emotion_segments, "motion_hz": cfg.motion_hz,
                    "vae_steps": cfg.vae_steps if not cfg.vae_checkpoint else "checkpoint",
                    "steps": cfg.steps if not cfg.checkpoint else "checkpoint", "ablation_steps": cfg.ablation_steps,
                    "batch_size": cfg.batch_size, "vae_minutes": minutes["vae"], "model_minutes": minutes["model"],
@@ -656,6 +679,9 @@ class StudyCommand(Command):
         parser.add_argument("--preset", default=d.preset, choices=["tiny", "small"])
         parser.add_argument("--clips", type=int, help=f"synthetic training identities (default {d.clips})")
         parser.add_argument("--seconds", type=float, help=f"seconds per training clip (default {d.seconds})")
+        parser.add_argument("--emotion-segments", type=int, help=f"emotions per training clip (default {d.emotion_segments})")
+        parser.add_argument("--motion-hz", type=float,
+                            help=f"highest head-rotation frequency of the training clips, Hz (default {d.motion_hz})")
         parser.add_argument("--vae-steps", type=int, help=f"VAE training steps (default {d.vae_steps})")
         parser.add_argument("--steps", type=int, help=f"main model training steps (default {d.steps})")
         parser.add_argument("--ablation-steps", type=int, help=f"steps of every ablation variant (default {d.ablation_steps})")
@@ -668,6 +694,8 @@ class StudyCommand(Command):
         parser.add_argument("--ablation-checkpoint", action="append", default=[], metavar="NAME=PATH",
                             help="use this checkpoint for an ablation variant")
         parser.add_argument("--probe", help="synthetic probe file (trained and saved there when missing; default OUT/probe.pt)")
+        parser.add_argument("--cfg", type=float, dest="guidance",
+                            help="guidance scale of the measured streams (default: each checkpoint's own)")
         parser.add_argument("--threads", type=int, default=d.threads, help="torch threads")
         parser.add_argument("--seed", type=int, default=d.seed)
         parser.add_argument("--json", action="store_true", help="print the headline figures as JSON")
@@ -676,7 +704,8 @@ class StudyCommand(Command):
         fields = {"preset": args.preset, "threads": args.threads, "seed": args.seed, "vae_checkpoint": args.vae_checkpoint,
                   "checkpoint": args.checkpoint, "ablation_checkpoints": _parse_pairs(args.ablation_checkpoint),
                   "probe": args.probe, "untrained": not args.no_untrained}
-        for key in ("clips", "seconds", "vae_steps", "steps", "ablation_steps", "heldout", "eval_frames"):
+        for key in ("clips", "seconds", "emotion_segments", "motion_hz", "vae_steps", "steps", "ablation_steps", "heldout",
+                    "eval_frames", "guidance"):
             if getattr(args, key) is not None:
                 fields[key] = getattr(args, key)
         if args.ablations is not None:

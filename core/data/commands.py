@@ -97,6 +97,8 @@ class SynthCommand(Command):
         parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
         parser.add_argument("--emotion-segments", type=int, default=1,
                             help="emotions per clip, in equal segments (default 1: one per clip)")
+        parser.add_argument("--motion-hz", type=float, default=0.4,
+                            help="highest frequency of the head rotations in Hz (default 0.4: a calm speaker)")
         parser.add_argument("--json", action="store_true", help="print a JSON summary")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -104,10 +106,11 @@ class SynthCommand(Command):
         from eartalk.core.data.synth import synthesize_dataset
         from eartalk.core.errors import InputError
 
-        if args.clips < 1 or args.seconds <= 0 or args.resolution < 16 or args.emotion_segments < 1:
-            raise InputError("synth needs --clips >= 1, --seconds > 0, --resolution >= 16 and --emotion-segments >= 1")
+        if args.clips < 1 or args.seconds <= 0 or args.resolution < 16 or args.emotion_segments < 1 or not args.motion_hz > 0.05:
+            raise InputError("synth needs --clips >= 1, --seconds > 0, --resolution >= 16, --emotion-segments >= 1 "
+                             "and --motion-hz > 0.05")
         root = synthesize_dataset(args.out, args.clips, args.seconds, args.resolution, args.seed,
-                                  emotion_segments=args.emotion_segments, progress=not args.json)
+                                  emotion_segments=args.emotion_segments, motion_hz=args.motion_hz, progress=not args.json)
         clips = len(read_manifest(root))
         if args.json:
             print_json({"dataset": str(root), "clips": clips})

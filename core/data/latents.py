@@ -66,14 +66,16 @@ class LatentWriter:
             raise ValueError(f"clip {clip_id}: latents must be two (T, C, h, w) arrays, got {clip.shape} and {frames.shape}")
         for kind, array in (("frame", frames), ("clip", clip)):  # clip last: its presence marks the clip done
             final = self.dir / f"{clip_id}.{kind}.npy"
-            tmp = self.dir / f".{clip_id}.{kind}.tmp.npy"
+            tmp = self.dir / f".{clip_id}.{kind}.{os.getpid()}.tmp.npy"  # per process: two encoders may race
             np.save(tmp, np.ascontiguousarray(array, dtype=np.float32))
             os.replace(tmp, final)
 
     def finish(self, clips: int, shape: tuple[int, ...]) -> Path:
         info = {"vae_checkpoint": self.vae_path, "vae_sha256": self.vae_hash, "clips": clips, "latent_shape": list(shape)}
         path = self.dir / "info.json"
-        path.write_text(json.dumps(info, indent=2) + "\n")
+        tmp = self.dir / f".info.{os.getpid()}.tmp.json"
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
+        os.replace(tmp, path)
         return path
 
 

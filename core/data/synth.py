@@ -401,14 +401,18 @@ def _emotions(num_frames: int, rng: np.random.Generator, segments: int) -> tuple
 
 
 def sample_controls(
-    num_frames: int, rng: np.random.Generator, mouth: np.ndarray, emotion_segments: int = 1
+    num_frames: int, rng: np.random.Generator, mouth: np.ndarray, emotion_segments: int = 1, motion_hz: float = 0.4
 ) -> tuple[Controls, list[dict[str, Any]]]:
-    """Random, natural-looking control timelines around a given mouth track."""
+    """Random, natural-looking control timelines around a given mouth track.
+
+    ``motion_hz`` is the highest frequency of the head rotations (0.4 Hz: a calm speaker; training
+    clips of 1-2 s need faster motion to cover the poses a long stream visits).
+    """
     pose = np.stack(
         [
-            _smooth_motion(num_frames, rng, 22.0),  # yaw
-            _smooth_motion(num_frames, rng, 12.0),  # pitch
-            _smooth_motion(num_frames, rng, 8.0),  # roll
+            _smooth_motion(num_frames, rng, 22.0, motion_hz),  # yaw
+            _smooth_motion(num_frames, rng, 12.0, motion_hz),  # pitch
+            _smooth_motion(num_frames, rng, 8.0, motion_hz),  # roll
             _smooth_motion(num_frames, rng, 1.2, 0.2),  # tx
             _smooth_motion(num_frames, rng, 0.8, 0.2),  # ty
             _DEFAULT_TZ + _smooth_motion(num_frames, rng, 2.0, 0.2),  # tz
@@ -675,20 +679,22 @@ def _clip_seed(seed: int, index: int) -> int:
     return int.from_bytes(hashlib.sha256(f"eartalk-synth:{seed}:{index}".encode()).digest()[:8], "little")
 
 
-def synthesize_clip(seed: int, seconds: float = 4.0, resolution: int = 128, emotion_segments: int = 1) -> SynthClip:
+def synthesize_clip(seed: int, seconds: float = 4.0, resolution: int = 128, emotion_segments: int = 1,
+                    motion_hz: float = 0.4) -> SynthClip:
     """One random synthetic clip with its ground truth.
 
     Args:
-        seed: fully determines the clip.
+        seed: fully determines the clip (with ``motion_hz``: the identity and voice do not depend on it).
         seconds: length (rounded to whole frames at 25 fps).
         resolution: frame side R.
         emotion_segments: number of equal segments with their own emotion (1 = per clip).
+        motion_hz: highest frequency of the head rotations.
     """
     rng = np.random.default_rng(seed)
     num_frames = max(1, round(seconds * VIDEO_FPS))
     identity = Identity.sample(rng)
     audio, mouth, vad, syllables = synthesize_speech(num_frames, identity, rng)
-    controls, parts = sample_controls(num_frames, rng, mouth, emotion_segments)
+    controls, parts = sample_controls(num_frames, rng, mouth, emotion_segments, motion_hz)
     frames, keypoints = render_frames(identity, controls, resolution)
     main = max(parts, key=lambda p: p["stop"] - p["start"])
     metadata = {
@@ -711,6 +717,7 @@ def synthesize_dataset(
     seed: int = 0,
     *,
     emotion_segments: int = 1,
+    motion_hz: float = 0.4,
     progress: bool = False,
 ) -> Path:
     """Write ``clips`` synthetic clips to a dataset at ``out`` (the format ``prepare`` writes).
@@ -725,6 +732,7 @@ def synthesize_dataset(
         resolution: frame side R.
         seed: base seed; clip ``i`` uses a seed derived from ``(seed, i)``.
         emotion_segments: emotions per clip (1 = one emotion for the whole clip).
+        motion_hz: highest frequency of the head rotations (Hz).
         progress: show a rich progress bar.
 
     Returns:
@@ -745,7 +753,7 @@ def synthesize_dataset(
             for i in range(clips):
                 clip_id = f"synth-{seed}-{i:05d}"
                 if not writer.has(clip_id):
-                    clip = synthesize_clip(_clip_seed(seed, i), seconds, resolution, emotion_segments)
+                    clip = synthesize_clip(_clip_seed(seed, i), seconds, resolution, emotion_segments, motion_hz)
                     writer.add(
                         clip_id,
                         clip.frames,

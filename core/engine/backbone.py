@@ -66,8 +66,10 @@ def block_mask(q_blocks: torch.Tensor, k_blocks: torch.Tensor, window: int, sink
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN: ``x * (1 + scale) + shift`` with per-sample ``(B, D)`` shift/scale."""
-    return x * (1 + scale[:, None]) + shift[:, None]
+    """adaLN: ``x * (1 + scale) + shift`` with per-sample ``(B, D)`` or per-position ``(B, S, D)`` shift/scale."""
+    if shift.dim() == 2:
+        shift, scale = shift[:, None], scale[:, None]
+    return x * (1 + scale) + shift
 
 
 class FrameRotary(nn.Module):
@@ -142,6 +144,7 @@ class KVCache:
         self.k = torch.zeros(layers, batch, heads, size, head_dim, device=device, dtype=dtype)  # (L, B, H, S, hd)
         self.v = torch.zeros_like(self.k)
         self.valid = torch.zeros(size, dtype=torch.bool, device=device)  # (S,)
+        self.identity: torch.Tensor | None = None  # the adaLN identity vector (B, I), set by Backbone.open
         self.slot_blocks: list[int | None] = [None] * window
         self.region = (0, sink_len)
 
@@ -236,7 +239,7 @@ class BackboneBlock(nn.Module):
         nn.init.zeros_(self.ada[1].bias)
 
     def modulation(self, identity: torch.Tensor) -> torch.Tensor:
-        """``(B, 6, D)``: shift/scale/gate of attention, then of the MLP."""
+        """``(B, 6, D)`` (or ``(B, S, 6, D)`` from ``(B, S, I)``): shift/scale/gate of attention, then of the MLP."""
         return self.ada(identity).unflatten(-1, (6, -1))
 
     def forward(
@@ -249,9 +252,11 @@ class BackboneBlock(nn.Module):
         cache: KVCache | None = None,
         layer: int = 0,
     ) -> torch.Tensor:
-        shift1, scale1, gate1, shift2, scale2, gate2 = mod.unbind(1)  # (B, D) each
-        x = x + gate1[:, None] * self.attn(modulate(self.norm1(x), shift1, scale1), mask, rotary, cos_sin, cache, layer)
-        return x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        if mod.dim() == 3:  # (B, 6, D): one modulation for every position
+            mod = mod[:, None]
+        shift1, scale1, gate1, shift2, scale2, gate2 = mod.unbind(2)  # (B, 1 or S, D) each
+        x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1), mask, rotary, cos_sin, cache, layer)
+        return x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
 
 
 class Backbone(nn.Module):
@@ -296,6 +301,7 @@ class Backbone(nn.Module):
         context_noise_embed: bool = False,
         sink_attention: bool = True,
         adaln_identity: bool = True,
+        control_adaln: bool = False,
     ) -> None:
         super().__init__()
         if period <= window:
@@ -326,6 +332,13 @@ class Backbone(nn.Module):
         # Transformer.
         self.rotary = FrameRotary(width // heads, frame_rope_fraction, period)
         self.blocks = nn.ModuleList(BackboneBlock(width, heads, mlp_ratio, identity_dim) for _ in range(depth))
+        # Per-frame control adaLN (our choice, off by default): the frame's condition slots, flattened
+        # and projected, are added to the identity vector that modulates that frame block's positions.
+        self.control_adaln = control_adaln
+        if control_adaln:
+            self.ctrl_ada = nn.Linear(num_slots * width, identity_dim)
+            nn.init.zeros_(self.ctrl_ada.weight)  # starts as the identity-only modulation
+            nn.init.zeros_(self.ctrl_ada.bias)
         self.norm_out = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(identity_dim, 2 * width))
         nn.init.zeros_(self.ada_out[1].weight)
@@ -344,10 +357,26 @@ class Backbone(nn.Module):
         return self.id_out(h.mean(dim=1))
 
     def modulations(self, identity: torch.Tensor) -> list[torch.Tensor]:
-        """Per-layer adaLN parameters ``(B, 6, D)`` and the output's ``(B, 2, D)`` (last item)."""
+        """Per-layer adaLN parameters ``(B, 6, D)`` and the output's ``(B, 2, D)`` (last item);
+        from a per-position ``(B, S, I)`` vector: ``(B, S, 6, D)`` and ``(B, S, 2, D)``."""
         mods = [blk.modulation(identity) for blk in self.blocks]
         mods.append(self.ada_out(identity).unflatten(-1, (2, -1)))
         return mods
+
+    def control_vector(self, cond: torch.Tensor) -> torch.Tensor:
+        """``(B, T, I)`` control part of the adaLN vector of each frame block, from slots ``(B, T, K, Dc)``."""
+        return self.ctrl_ada(self.cond_in(cond).flatten(-2))
+
+    def frame_modulations(self, identity: torch.Tensor, cond: torch.Tensor, t: int, start: int) -> list[torch.Tensor]:
+        """Modulations of a whole sequence (sink + ``t`` blocks): per position with ``control_adaln``."""
+        if not self.control_adaln:
+            return self.modulations(identity)
+        ctrl = self.control_vector(cond)  # (B, T, I)
+        zero = ctrl.new_zeros(ctrl.shape[0], 1, ctrl.shape[-1])
+        per_block = torch.cat([zero, ctrl], dim=1)  # (B, 1 + T, I): sink first
+        index = torch.cat([torch.zeros(self.num_tokens, dtype=torch.long),
+                           torch.arange(1, t + 1).repeat_interleave(self.block_len)]).to(ctrl.device)  # (S,)
+        return self.modulations(identity[:, None] + per_block[:, index])
 
     def embed_sink(self, ref_tokens: torch.Tensor) -> torch.Tensor:
         """Sink block ``(B, N, D)`` from reference tokens ``(B, N, c)``."""
@@ -426,10 +455,10 @@ class Backbone(nn.Module):
         if getattr(self, "attention", "dense") == "sparse":  # exact, skips masked-out blocks
             mask = SFALayout(self.num_tokens, self.block_len, t, self.window, self.sink_attention)
         cos_sin = self.rotary.tables(blocks)
-        mods = self.modulations(self.identity(ref_tokens))
+        mods = self.frame_modulations(self.identity(ref_tokens), cond, t, start)
         for i, blk in enumerate(self.blocks):
             x = blk(x, mods[i], mask, self.rotary, cos_sin)
-        shift, scale = mods[-1].unbind(1)
+        shift, scale = mods[-1].unbind(-2)
         x = modulate(self.norm_out(x), shift, scale)  # (B, S, D)
         if return_all:
             return x
@@ -459,8 +488,10 @@ class Backbone(nn.Module):
         Returns:
             The cache and the per-layer modulations (constant for the session).
         """
-        mods = self.modulations(self.identity(ref_tokens))
+        identity = self.identity(ref_tokens)
+        mods = self.modulations(identity)
         cache = self.new_cache(ref_tokens.shape[0], ref_tokens.device, ref_tokens.dtype)
+        cache.identity = identity  # per-frame control modulations add to it in step()
         cache.begin_sink()
         x = self.embed_sink(ref_tokens)  # (B, N, D)
         blocks = torch.zeros(self.num_tokens, dtype=torch.long, device=x.device)
@@ -487,6 +518,8 @@ class Backbone(nn.Module):
         if t < 1:
             raise ValueError(f"frame blocks start at t = 1, got {t}")
         x = self.embed_blocks(cond[:, None], prev_tokens[:, None])[:, 0]  # (B, K + N, D)
+        if self.control_adaln:
+            mods = self.modulations(cache.identity + self.control_vector(cond[:, None])[:, 0])
         cache.begin_block(t)
         blocks = torch.full((self.block_len,), t, dtype=torch.long, device=x.device)
         cos_sin = self.rotary.tables(blocks)

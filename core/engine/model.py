@@ -78,6 +78,7 @@ class EarTalkModel(nn.Module):
             context_noise_embed=arch.context_noise_embed,
             sink_attention=arch.sink_attention,
             adaln_identity=arch.adaln_identity,
+            control_adaln=arch.control_adaln,
         )
         self.decoder = MARDecoder(
             token_dim=arch.token_dim,

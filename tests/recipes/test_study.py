@@ -103,6 +103,46 @@ def test_bad_study_inputs_fail_clearly(tmp_path: Path) -> None:
         StudyConfig(checkpoint=str(tmp_path / "m.ckpt"))
     with pytest.raises(ConfigError, match="eval_frames"):
         StudyConfig(eval_frames=5)
+    with pytest.raises(ConfigError, match="motion_hz"):
+        StudyConfig(motion_hz=0.0)
+    with pytest.raises(ConfigError, match="emotion_segments"):
+        StudyConfig(emotion_segments=0)
+    with pytest.raises(ConfigError, match="--cfg"):
+        StudyConfig(guidance=-1.0)
+
+
+def test_study_cli_passes_the_training_data_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--emotion-segments and --motion-hz reach the StudyConfig (they shape the training clips)."""
+    import argparse
+
+    import eartalk.recipes.study as study
+
+    seen = {}
+
+    def fake_run(cfg):
+        seen["cfg"] = cfg
+        return {"files": {"report_md": "r.md", "report_json": "r.json"}}
+
+    monkeypatch.setattr(study, "run_study", fake_run)
+    parser = argparse.ArgumentParser()
+    command = study.StudyCommand()
+    command.add_arguments(parser)
+    command.run(parser.parse_args(["--out", "x", "--emotion-segments", "3", "--motion-hz", "0.8", "--cfg", "6", "--json"]))
+    assert seen["cfg"].emotion_segments == 3 and seen["cfg"].motion_hz == 0.8 and seen["cfg"].guidance == 6.0
+    command.run(parser.parse_args(["--out", "x", "--json"]))
+    d = study.StudyConfig()
+    assert (seen["cfg"].emotion_segments, seen["cfg"].motion_hz, seen["cfg"].guidance) == (d.emotion_segments, d.motion_hz, None)
+
+
+def test_with_guidance_sets_the_sessions_default_cfg() -> None:
+    from eartalk.core.engine.presets import get_arch
+    from eartalk.recipes.study import STUDY_CONDITIONS, with_guidance
+    from eartalk.core.engine.model import build_model
+
+    model = build_model(get_arch("tiny"), list(STUDY_CONDITIONS))
+    before = model.arch.sampling.cfg
+    assert with_guidance(model, None).arch.sampling.cfg == before
+    assert with_guidance(model, 7.5).sampling().cfg == 7.5
 
 
 def test_study_command_is_registered() -> None:

@@ -21,6 +21,8 @@ def make_backbone(depth: int = 2, window: int = 3, period: int = 8, seed: int = 
         torch.nn.init.normal_(blk.ada[1].weight, std=0.3)
         torch.nn.init.normal_(blk.ada[1].bias, std=0.3)
     torch.nn.init.normal_(bb.ada_out[1].weight, std=0.3)
+    if bb.control_adaln:
+        torch.nn.init.normal_(bb.ctrl_ada.weight, std=0.1)
     return bb.eval().double()
 
 
@@ -126,6 +128,30 @@ def test_kv_cache_streaming_equals_full_pass_with_eviction(sink_attention, adaln
             assert cache.cached_blocks() == list(range(max(1, t - 2), t + 1))
             torch.testing.assert_close(z, full[:, t - 1], rtol=1e-9, atol=1e-9)
         assert cache.k.shape[3] == N + 3 * (K + N)  # constant size
+
+
+def test_control_adaln_streams_exactly_and_each_frame_is_modulated_by_its_own_slots():
+    """Per-frame control adaLN: the cached path still equals the full pass, and changing frame 4's
+    slots changes frames 4.. only (and, unlike in-context slots alone, through every position's norm)."""
+    bb = make_backbone(depth=2, window=3, control_adaln=True)
+    frames = 7
+    ref, cond, prev = inputs(frames=frames, batch=2)
+    with torch.no_grad():
+        full = bb(ref, cond, prev)
+        cache, mods = bb.open(ref)
+        for t in range(1, frames + 1):
+            torch.testing.assert_close(bb.step(cond[:, t - 1], prev[:, t - 1], t, cache, mods), full[:, t - 1],
+                                       rtol=1e-9, atol=1e-9)
+        changed = cond.clone()
+        changed[:, 3] += 1.0
+        other = bb(ref, changed, prev)
+        torch.testing.assert_close(other[:, :3], full[:, :3], rtol=1e-9, atol=1e-9)
+        assert (other[:, 3] - full[:, 3]).abs().max() > 1e-3
+        mods_a = bb.frame_modulations(bb.identity(ref), cond, frames, 1)[0]
+        mods_b = bb.frame_modulations(bb.identity(ref), changed, frames, 1)[0]
+        block4 = slice(N + 3 * (K + N), N + 4 * (K + N))
+        assert (mods_a[:, block4] - mods_b[:, block4]).abs().max() > 1e-3  # frame 4's own modulation moved
+        torch.testing.assert_close(mods_a[:, : N + 3 * (K + N)], mods_b[:, : N + 3 * (K + N)])
 
 
 def test_output_does_not_depend_on_frame_number():
