@@ -135,9 +135,9 @@ def test_study_cli_passes_the_training_data_options(monkeypatch: pytest.MonkeyPa
 
 
 def test_with_guidance_sets_the_sessions_default_cfg() -> None:
+    from eartalk.core.engine.model import build_model
     from eartalk.core.engine.presets import get_arch
     from eartalk.recipes.study import STUDY_CONDITIONS, with_guidance
-    from eartalk.core.engine.model import build_model
 
     model = build_model(get_arch("tiny"), list(STUDY_CONDITIONS))
     before = model.arch.sampling.cfg
