@@ -138,33 +138,37 @@ def test_page_streams_and_a_slider_moved_mid_stream_is_acknowledged(page, tmp_pa
                      " || document.getElementById('stat-state').textContent === 'idle'")
 
 
-def test_page_listening_mode_says_listening(page) -> None:
-    """speech "none" on the page: the listening mode, shown as such."""
+def stream_with_speech(page, speech: str, frames: int, check) -> None:
+    """Open the page, pick ``speech``, Start, wait for ``frames`` drawn frames, run ``check(driver)``, Stop."""
     from selenium.webdriver.common.by import By
 
     running, driver = page
     driver.get(running.url + "/")
     wait_for(driver, "return document.getElementById('slider-head_pose-yaw') !== null")
-    driver.find_element(By.CSS_SELECTOR, "input[name=speech][value=none]").click()
+    driver.find_element(By.CSS_SELECTOR, f"input[name=speech][value={speech}]").click()
     driver.find_element(By.ID, "start").click()
-    wait_for(driver, "return window.eartalk.framesDrawn >= 5", timeout=90)
-    assert driver.find_element(By.ID, "stat-voice").text.startswith("listening")
+    wait_for(driver, f"return window.eartalk.framesDrawn >= {frames}", timeout=90)
     assert driver.execute_script("return window.eartalk.errors") == []
+    check(driver)
     driver.find_element(By.ID, "stop").click()
     wait_for(driver, "return !document.getElementById('start').disabled")
+
+
+def test_page_listening_mode_says_listening(page) -> None:
+    """speech "none" on the page: the listening mode, shown as such."""
+    from selenium.webdriver.common.by import By
+
+    def check(driver) -> None:
+        assert driver.find_element(By.ID, "stat-voice").text.startswith("listening")
+
+    stream_with_speech(page, "none", 5, check)
 
 
 def test_page_streams_from_the_microphone(page) -> None:
     """Chromium's fake microphone, through the page's 16 kHz chunks, drives the stream."""
     from selenium.webdriver.common.by import By
 
-    running, driver = page
-    driver.get(running.url + "/")
-    wait_for(driver, "return document.getElementById('slider-head_pose-yaw') !== null")
-    driver.find_element(By.CSS_SELECTOR, "input[name=speech][value=microphone]").click()
-    driver.find_element(By.ID, "start").click()
-    wait_for(driver, "return window.eartalk.framesDrawn >= 10", timeout=90)
-    assert driver.execute_script("return window.eartalk.errors") == []
-    assert "streaming" in driver.find_element(By.ID, "stat-state").text
-    driver.find_element(By.ID, "stop").click()
-    wait_for(driver, "return !document.getElementById('start').disabled")
+    def check(driver) -> None:
+        assert "streaming" in driver.find_element(By.ID, "stat-state").text
+
+    stream_with_speech(page, "microphone", 10, check)
