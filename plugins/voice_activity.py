@@ -129,7 +129,7 @@ class VoiceActivityStream:
         wave = torch.as_tensor(np.asarray(samples, dtype=np.float64)).reshape(-1)
         level = float(frame_levels(wave, 1)[0]) if wave.numel() else -200.0
         self.levels.append(level)
-        known = len(self.levels) >= min(self.warmup, self.levels.maxlen or 1)
+        known = len(self.levels) >= min(self.warmup, self.levels.maxlen)
         floor = float(np.percentile(np.fromiter(self.levels, float), 10)) if known else -math.inf
         return self.detector.step(level, floor)
 

@@ -208,8 +208,10 @@ def train_model(data: Path, out: Path, preset: str, vae: Path, steps: int, seed:
 # ---------------------------------------------------------------------------------------------
 def with_guidance(model: Any, scale: float | None) -> Any:
     """``model`` whose sessions sample with guidance ``scale`` by default (None: unchanged)."""
+    from eartalk.core.engine.presets import sampling_with
+
     if scale is not None:
-        model.arch = attrs.evolve(model.arch, sampling=attrs.evolve(model.arch.sampling, cfg=float(scale)))
+        model.arch = attrs.evolve(model.arch, sampling=sampling_with(model.arch.sampling, cfg=float(scale)))
     return model
 
 

@@ -367,15 +367,14 @@ class Backbone(nn.Module):
         """``(B, T, I)`` control part of the adaLN vector of each frame block, from slots ``(B, T, K, Dc)``."""
         return self.ctrl_ada(self.cond_in(cond).flatten(-2))
 
-    def frame_modulations(self, identity: torch.Tensor, cond: torch.Tensor, t: int, start: int) -> list[torch.Tensor]:
-        """Modulations of a whole sequence (sink + ``t`` blocks): per position with ``control_adaln``."""
+    def frame_modulations(self, identity: torch.Tensor, cond: torch.Tensor, blocks: torch.Tensor, start: int) -> list[torch.Tensor]:
+        """Modulations of a whole sequence whose positions lie in ``blocks`` (:meth:`token_blocks`):
+        per position with ``control_adaln`` (the sink's positions get the identity alone)."""
         if not self.control_adaln:
             return self.modulations(identity)
         ctrl = self.control_vector(cond)  # (B, T, I)
-        zero = ctrl.new_zeros(ctrl.shape[0], 1, ctrl.shape[-1])
-        per_block = torch.cat([zero, ctrl], dim=1)  # (B, 1 + T, I): sink first
-        index = torch.cat([torch.zeros(self.num_tokens, dtype=torch.long),
-                           torch.arange(1, t + 1).repeat_interleave(self.block_len)]).to(ctrl.device)  # (S,)
+        per_block = torch.cat([ctrl.new_zeros(ctrl.shape[0], 1, ctrl.shape[-1]), ctrl], dim=1)  # (B, 1 + T, I): sink first
+        index = torch.where(blocks == 0, 0, blocks - start + 1)  # (S,) into per_block
         return self.modulations(identity[:, None] + per_block[:, index])
 
     def embed_sink(self, ref_tokens: torch.Tensor) -> torch.Tensor:
@@ -455,7 +454,7 @@ class Backbone(nn.Module):
         if getattr(self, "attention", "dense") == "sparse":  # exact, skips masked-out blocks
             mask = SFALayout(self.num_tokens, self.block_len, t, self.window, self.sink_attention)
         cos_sin = self.rotary.tables(blocks)
-        mods = self.frame_modulations(self.identity(ref_tokens), cond, t, start)
+        mods = self.frame_modulations(self.identity(ref_tokens), cond, blocks, start)
         for i, blk in enumerate(self.blocks):
             x = blk(x, mods[i], mask, self.rotary, cos_sin)
         shift, scale = mods[-1].unbind(-2)

@@ -743,14 +743,14 @@ class Session:
                 row, samples = got
                 signals = {served.audio_plugin: row}
                 audio = (samples * 32767).astype("<i2").tobytes()
+                speaking_now = None
                 if live_vad is not None:  # microphone / listening: voice activity from this frame's samples
-                    now_speaking = live_vad.push(samples)
+                    speaking_now = live_vad.push(samples)
                     if not self.voice_by_user:
-                        signals[VOICE] = torch.tensor([now_speaking])
-                    speaking_now: float | None = now_speaking
-                else:
-                    speaking_now = None if speaking is None else float(speaking[min(session.index, speaking.shape[0] - 1)])
-                if speaking_now is not None and (speaking_now >= 0.5) != was_speaking and not self.voice_by_user:
+                        signals[VOICE] = torch.tensor([speaking_now])
+                elif speaking is not None:  # a file: computed once above
+                    speaking_now = float(speaking[min(session.index, speaking.shape[0] - 1)])
+                if speaking_now is not None and not self.voice_by_user and (speaking_now >= 0.5) != was_speaking:
                     was_speaking = speaking_now >= 0.5
                     self._emit_json({"type": "voice", "frame": session.index, "speaking": was_speaking,
                                      "listening": not was_speaking})

@@ -147,8 +147,9 @@ def test_control_adaln_streams_exactly_and_each_frame_is_modulated_by_its_own_sl
         other = bb(ref, changed, prev)
         torch.testing.assert_close(other[:, :3], full[:, :3], rtol=1e-9, atol=1e-9)
         assert (other[:, 3] - full[:, 3]).abs().max() > 1e-3
-        mods_a = bb.frame_modulations(bb.identity(ref), cond, frames, 1)[0]
-        mods_b = bb.frame_modulations(bb.identity(ref), changed, frames, 1)[0]
+        blocks = bb.token_blocks(frames)
+        mods_a = bb.frame_modulations(bb.identity(ref), cond, blocks, 1)[0]
+        mods_b = bb.frame_modulations(bb.identity(ref), changed, blocks, 1)[0]
         block4 = slice(N + 3 * (K + N), N + 4 * (K + N))
         assert (mods_a[:, block4] - mods_b[:, block4]).abs().max() > 1e-3  # frame 4's own modulation moved
         torch.testing.assert_close(mods_a[:, : N + 3 * (K + N)], mods_b[:, : N + 3 * (K + N)])
