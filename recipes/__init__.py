@@ -17,7 +17,8 @@ def register_recipes() -> list[type]:
 def register_commands() -> list[type]:
     from eartalk.recipes.commands import COMMANDS
     from eartalk.recipes.encode import EncodeCommand
+    from eartalk.recipes.own_face import OwnFaceCommand
     from eartalk.recipes.serving.commands import ServeCommand
     from eartalk.recipes.study import StudyCommand
 
-    return [*COMMANDS, StudyCommand, ServeCommand, EncodeCommand]
+    return [*COMMANDS, StudyCommand, ServeCommand, EncodeCommand, OwnFaceCommand]

@@ -165,25 +165,29 @@ def trainer_section(steps: int, progress: bool) -> dict[str, Any]:
             "log_every_n_steps": max(1, min(10, steps // 20)), "progress_bar": progress}
 
 
-def train_vae(data: Path, out: Path, preset: str, steps: int, seed: int, progress: bool) -> Path:
+def train_vae(data: Path, out: Path, preset: str, steps: int, seed: int, progress: bool,
+              val_fraction: float = 0.1) -> Path:
     """Train the frame VAE with the ``vae`` recipe (the demo's settings); returns its checkpoint."""
     from eartalk.core.config import structure
     from eartalk.recipes.vae import VAEConfig, VAERecipe
 
     cfg = structure({"seed": seed, "out_dir": str(out), "model": {"preset": preset},
-                     "data": {"root": str(data), "clip_frames": 2, "batch_size": 8, "val_fraction": 0.1},
+                     "data": {"root": str(data), "clip_frames": 2, "batch_size": 8, "val_fraction": val_fraction},
                      "optim": {"lr": 2e-3, "weight_decay": 0.0, "warmup_steps": 50},
                      "trainer": trainer_section(steps, progress)}, VAEConfig)
     return VAERecipe().run(cfg)
 
 
 def train_model(data: Path, out: Path, preset: str, vae: Path, steps: int, seed: int, progress: bool,
-                arch: dict[str, Any] | None = None, batch_size: int = 4, latents: bool = True) -> Path:
-    """Train the AR model with the ``train`` recipe and the study's condition stack; returns its checkpoint.
+                arch: dict[str, Any] | None = None, batch_size: int = 4, latents: bool = True,
+                conditions: tuple[str, ...] = STUDY_CONDITIONS, val_fraction: float = 0.1,
+                extra: dict[str, Any] | None = None) -> Path:
+    """Train the AR model with the ``train`` recipe and a condition stack (the study's); returns its checkpoint.
 
     With ``latents`` the dataset is pre-encoded once with the frozen VAE (``eartalk encode``; kept
     for later runs with the same VAE) and training reads the latents: on 2 CPU cores the VAE
-    encoder is about half of a teacher-forced tiny step.
+    encoder is about half of a teacher-forced tiny step. ``extra`` adds top-level fields of the
+    train config (e.g. ``init_from`` and ``finetune``).
     """
     from eartalk.core.config import structure
     from eartalk.core.engine.presets import PRESETS
@@ -191,11 +195,11 @@ def train_model(data: Path, out: Path, preset: str, vae: Path, steps: int, seed:
     from eartalk.recipes.train import TrainConfig, TrainRecipe
 
     window = PRESETS[preset].window
-    cfg = structure({"seed": seed, "out_dir": str(out),
+    cfg = structure({**(extra or {}), "seed": seed, "out_dir": str(out),
                      "model": {"preset": preset, "vae_checkpoint": str(vae), "arch": dict(arch or {})},
-                     "conditions": [{"name": n} for n in STUDY_CONDITIONS],
+                     "conditions": [{"name": n} for n in conditions],
                      "data": {"root": str(data), "clip_frames": max(10, window + 4), "batch_size": batch_size,
-                              "val_fraction": 0.1, "latents": latents},
+                              "val_fraction": val_fraction, "latents": latents},
                      "optim": {"lr": 2e-3, "warmup_steps": 30},
                      "trainer": trainer_section(steps, progress)}, TrainConfig)
     if latents:

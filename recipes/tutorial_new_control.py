@@ -52,10 +52,24 @@ class TutorialConfig:
         preset: model preset.
         clips: plain clips the base model trains on.
         seconds: length of each training clip.
+        motion_hz: highest head-rotation frequency of the synthetic clips (base and fine-tune data
+            alike: a fine-tune on calmer heads than the base saw unlearns its head-pose control).
+        emotion_segments: emotions per synthetic clip (base and fine-tune data alike).
         vae_steps: VAE training steps.
         steps: base model training steps.
         finetune_clips: brightness-varied clips for the fine-tune.
         finetune_steps: fine-tuning steps.
+        finetune_hold: shortest and longest run of frames at one brightness level in the
+            fine-tuning clips (:func:`exposure_curve`).
+        finetune_walk: per-frame step std of the random-walk segments of the fine-tuning clips
+            (0: levels only; :func:`exposure_curve`).
+        finetune_plain: share of the fine-tuning clips left at exposure 0 throughout (the old
+            behaviour keeps being trained on the frames it was trained on).
+        guide_new_control: True (default): the guidance's null branch drops the new control too
+            (the base's all-null branch), so classifier-free guidance amplifies it like the old
+            conditions; False: it stays in the null branch (``sampling.cfg_keep``, trained by the
+            ``drop_keep`` joint dropout), so guidance amplifies only the old conditions. Measured
+            (docs/tutorial-new-control.md): False follows the sweep less (0.67 against 0.91).
         finetune_base: ``lower_lr``, ``freeze`` or ``train`` (the recipe's ``finetune.base``).
         base_lr_scale: learning-rate factor of the loaded weights with ``lower_lr``.
         lr: learning rate of the fine-tune (new parts).
@@ -73,10 +87,16 @@ class TutorialConfig:
     preset: str = "tiny"
     clips: int = 64
     seconds: float = 1.0
+    motion_hz: float = 1.5
+    emotion_segments: int = 2
     vae_steps: int = 600
     steps: int = 600
     finetune_clips: int = 48
-    finetune_steps: int = 300
+    finetune_steps: int = 1500
+    finetune_hold: tuple[int, int] = attrs.field(default=(1, 6), converter=lambda v: tuple(int(x) for x in v))
+    finetune_walk: float = 0.0
+    finetune_plain: float = 0.25
+    guide_new_control: bool = True
     finetune_base: str = "lower_lr"
     base_lr_scale: float = 0.1
     lr: float = 2e-3
@@ -92,14 +112,19 @@ class TutorialConfig:
         for name in ("clips", "vae_steps", "steps", "finetune_clips", "finetune_steps", "identities"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"tutorial: {name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.finetune_plain < 1.0:
+            raise ConfigError(f"tutorial: finetune_plain must be in [0, 1), got {self.finetune_plain}")
+        if len(self.finetune_hold) != 2 or not 1 <= self.finetune_hold[0] <= self.finetune_hold[1]:
+            raise ConfigError(f"tutorial: finetune_hold must be (shortest, longest) with 1 <= shortest <= longest, "
+                              f"got {self.finetune_hold}")
         if self.frames < 2 * VIDEO_FPS // 5:
             raise ConfigError(f"tutorial: frames must be >= {2 * VIDEO_FPS // 5} (a sweep needs frames), got {self.frames}")
 
 
 def quick_config(out: str | Path, **overrides: Any) -> TutorialConfig:
     """Reduced sizes for tests and a busy machine (a few minutes on 2 cores)."""
-    base: dict[str, Any] = dict(out=str(out), clips=24, vae_steps=150, steps=120, finetune_clips=16,
-                                finetune_steps=250, identities=2, frames=30, probe_identities=0)
+    base: dict[str, Any] = dict(out=str(out), clips=24, vae_steps=150, steps=400, finetune_clips=16,
+                                finetune_steps=800, identities=2, frames=40, probe_identities=0)
     base.update(overrides)
     return TutorialConfig(**base)
 
@@ -125,18 +150,27 @@ def mean_luma(frames: torch.Tensor) -> np.ndarray:
     return (0.299 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2]).mean(dim=(1, 2)).numpy()
 
 
-def exposure_curve(frames: int, rng: np.random.Generator) -> np.ndarray:
-    """A fine-tuning clip's exposure ``(T,)``: constant levels in [-0.6, 0.6] that jump every 4-15 frames.
+def exposure_curve(frames: int, rng: np.random.Generator, hold: tuple[int, int] = (1, 6), walk: float = 0.0) -> np.ndarray:
+    """A fine-tuning clip's exposure ``(T,)`` in [-0.6, 0.6]: segments of ``hold`` frames.
 
-    Jumps, not a smooth curve: a smooth curve is predictable from the previous frames, so the model
-    would learn to continue it and ignore the control; at a jump only the control says the new level.
-    A third of the levels are 0 (the plain rendering), so the fine-tune keeps seeing plain frames.
+    Each segment starts with a jump to a new level (0, the plain rendering, for a third of them) and
+    then holds it, or, with ``walk > 0`` and for half of the segments, wanders from it by a random
+    walk whose per-frame steps have std ``walk``.
+
+    Jumps and wandering, not a smooth curve: a smooth curve is predictable from the previous frames,
+    so the model would learn to continue it and ignore the control. At a jump only the control says
+    the new level; in a random walk only the control says where each step goes, so the model must
+    also follow small changes (a slow sweep is all small changes).
     """
     out = np.zeros(frames, np.float32)
     f = 0
     while f < frames:
-        length = int(rng.integers(4, 16))
-        out[f : f + length] = 0.0 if rng.random() < 1 / 3 else rng.uniform(-0.6, 0.6)
+        length = min(int(rng.integers(hold[0], hold[1] + 1)), frames - f)
+        level = 0.0 if rng.random() < 1 / 3 else rng.uniform(-0.6, 0.6)
+        segment = np.full(length, level)
+        if walk > 0 and rng.random() < 0.5:
+            segment = level + np.concatenate([[0.0], np.cumsum(rng.normal(0.0, walk, length - 1))])
+        out[f : f + length] = np.clip(segment, -0.6, 0.6)
         f += length
     return out
 
@@ -147,8 +181,13 @@ def sweep_exposure(frames: int) -> np.ndarray:
     return (EXPOSURE_RANGE * (1 - 4 * np.abs(phase - 0.5))).astype(np.float32)
 
 
-def synthesize_varied(out: Path, clips: int, seconds: float, resolution: int, seed: int, progress: bool) -> Path:
-    """Synthetic clips whose brightness follows :func:`exposure_curve` within each clip (the format ``prepare`` writes)."""
+def synthesize_varied(out: Path, clips: int, seconds: float, resolution: int, seed: int, progress: bool,
+                      hold: tuple[int, int] = (1, 6), walk: float = 0.0, plain: float = 0.0,
+                      motion_hz: float = 0.4, emotion_segments: int = 1) -> Path:
+    """Synthetic clips whose brightness follows :func:`exposure_curve` within each clip (the format ``prepare`` writes).
+
+    The first ``round(plain * clips)`` clips keep exposure 0 throughout.
+    """
     from rich.progress import Progress
 
     from eartalk.core.data.dataset import DatasetWriter
@@ -159,9 +198,12 @@ def synthesize_varied(out: Path, clips: int, seconds: float, resolution: int, se
         task = bar.add_task("synthesising brightness-varied clips", total=clips)
         for i in range(clips):
             clip_id = f"bright-{seed}-{i:05d}"
-            curve = exposure_curve(int(round(seconds * VIDEO_FPS)), rng)
+            curve = exposure_curve(int(round(seconds * VIDEO_FPS)), rng, hold, walk)
+            if i < round(plain * clips):
+                curve = np.zeros_like(curve)
             if not writer.has(clip_id):
-                clip = synthesize_clip(seed * 100_003 + i, seconds, resolution)
+                clip = synthesize_clip(seed * 100_003 + i, seconds, resolution, emotion_segments=emotion_segments,
+                                       motion_hz=motion_hz)
                 curve = np.resize(curve, clip.frames.shape[0])
                 writer.add(clip_id, apply_exposure(clip.frames, torch.from_numpy(curve)), clip.audio, face=None,
                            metadata={**clip.metadata, "exposure": curve.tolist()}, signals=clip.signals(),
@@ -174,6 +216,19 @@ def synthesize_varied(out: Path, clips: int, seconds: float, resolution: int, se
 # ---------------------------------------------------------------------------------------------
 # training
 # ---------------------------------------------------------------------------------------------
+def finetune_arch(cfg: TutorialConfig) -> dict[str, Any]:
+    """``model.arch`` overrides of the fine-tune: with ``guide_new_control`` off, the new control
+    joins the guidance's null branch (``sampling.cfg_keep``) and the joint dropout that trains it."""
+    from eartalk.core.engine.presets import PRESETS
+
+    if cfg.guide_new_control:
+        return {}
+    preset = PRESETS[cfg.preset]
+    keep = [*preset.sampling.cfg_keep, CONTROL]
+    return {"sampling": {"cfg_keep": keep}, "drop_keep": keep, "drop_null_prob": 0.0,
+            "drop_keep_prob": preset.drop_null_prob + preset.drop_keep_prob}
+
+
 def finetune(cfg: TutorialConfig, base: Path, vae: Path, data: Path, out: Path) -> Path:
     """Fine-tune ``base`` with the ``train`` recipe, the study's stack plus ``brightness`` (``init_from``)."""
     from eartalk.core.config import structure
@@ -185,9 +240,10 @@ def finetune(cfg: TutorialConfig, base: Path, vae: Path, data: Path, out: Path) 
     info = read_info(base, expect="model")
     window = PRESETS[cfg.preset].window
     conditions = [dict(spec) for spec in info.conditions] + [{"name": CONTROL}]
+    arch = finetune_arch(cfg)
     train = structure({"seed": cfg.seed + 3, "out_dir": str(out), "init_from": str(base),
                        "finetune": {"base": cfg.finetune_base, "base_lr_scale": cfg.base_lr_scale},
-                       "model": {"preset": cfg.preset, "vae_checkpoint": str(vae)},
+                       "model": {"preset": cfg.preset, "vae_checkpoint": str(vae), "arch": arch},
                        "conditions": conditions,
                        "data": {"root": str(data), "clip_frames": max(10, window + 4), "batch_size": 4,
                                 "val_fraction": 0.1},
@@ -228,8 +284,12 @@ def stream_sweep(model: Any, item: dict[str, Any], commanded: np.ndarray | None,
     return torch.stack(out)  # (T, 3, R, R)
 
 
-def sweep_figures(model: Any, items: list[dict[str, Any]], frames: int, use_control: bool) -> dict[str, Any]:
-    """Commanded vs achieved mean luma over the sweep for every held-out identity."""
+def sweep_figures(model: Any, items: list[dict[str, Any]], frames: int, use_control: bool, flat: bool = False) -> dict[str, Any]:
+    """Commanded vs achieved mean luma over the sweep for every held-out identity.
+
+    With ``flat`` the model is commanded the portrait's own luma on every frame instead (the
+    figures still compare with the sweep): how much of a correlation the stream's own drift gives.
+    """
     from eartalk.metrics.probe import pearson
 
     exposure = sweep_exposure(frames)
@@ -237,7 +297,8 @@ def sweep_figures(model: Any, items: list[dict[str, Any]], frames: int, use_cont
     for item in items:
         truth = apply_exposure(to_uint8(item["frames"][:frames]), torch.from_numpy(exposure))  # the swept truth
         commanded = mean_luma(truth)
-        video = stream_sweep(model, item, commanded if use_control else None, frames)
+        command = np.full_like(commanded, mean_luma(to_uint8(item["frames"][:1]))[0]) if flat else commanded
+        video = stream_sweep(model, item, command if use_control else None, frames)
         achieved = mean_luma(video)
         rows.append({"pearson": pearson(commanded, achieved), "mae": float(np.abs(commanded - achieved).mean()),
                      "slope": float(np.polyfit(commanded, achieved, 1)[0])})
@@ -360,9 +421,11 @@ def run_tutorial(cfg: TutorialConfig) -> dict[str, Any]:
 
     start = time.perf_counter()
     plain = synthesize_dataset(out / "data", clips=cfg.clips, seconds=cfg.seconds, resolution=resolution,
-                               seed=cfg.seed, progress=cfg.progress)
+                               seed=cfg.seed, emotion_segments=cfg.emotion_segments, motion_hz=cfg.motion_hz,
+                               progress=cfg.progress)
     varied = synthesize_varied(out / "data_brightness", cfg.finetune_clips, max(cfg.seconds, 2.0), resolution,
-                               cfg.seed + 500, cfg.progress)
+                               cfg.seed + 500, cfg.progress, cfg.finetune_hold, cfg.finetune_walk, cfg.finetune_plain,
+                               cfg.motion_hz, cfg.emotion_segments)
     holdout = synthesize_dataset(out / "holdout", clips=cfg.identities, seconds=cfg.frames / VIDEO_FPS,
                                  resolution=resolution, seed=cfg.seed + 1000, progress=cfg.progress)
     timings["synth_s"] = time.perf_counter() - start
@@ -396,6 +459,8 @@ def run_tutorial(cfg: TutorialConfig) -> dict[str, Any]:
     for label, path in (("before", base), ("after", tuned)):
         model = load_trained(path).eval()
         items = load_heldout(holdout, model.stack, cfg.frames)
+        if label == "after":
+            results["after_flat"] = {"sweep": sweep_figures(model, items, cfg.frames, True, flat=True)}
         results[label] = {"sweep": sweep_figures(model, items, cfg.frames, CONTROL in model.stack.names),
                           "old_controls": old_control_figures(model, items, cfg.frames, probe, cfg.progress)}
     timings["measure_s"] = time.perf_counter() - start
@@ -408,6 +473,8 @@ def run_tutorial(cfg: TutorialConfig) -> dict[str, Any]:
         "achieved_is": "mean luma of the generated frames (pixels; no learned probe)",
         "pearson_after": after["pearson_per_identity_mean"],
         "pearson_before": before["pearson_per_identity_mean"],
+        "pearson_flat_command": results["after_flat"]["sweep"]["pearson_per_identity_mean"],
+        "slope_flat_command": results["after_flat"]["sweep"]["slope_mean"],
         "pearson_pooled_after": after["pearson_pooled"],
         "pearson_pooled_before": before["pearson_pooled"],
         "mae_after": after["mae"], "mae_before": before["mae"],
@@ -437,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output folder (report.json, runs, data)")
     parser.add_argument("--quick", action="store_true", help="reduced sizes (tests, a busy machine)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="override a TutorialConfig field, e.g. finetune_steps=200 finetune_base=freeze")
+                        help="override a TutorialConfig field, e.g. finetune_steps=200 finetune_base=freeze finetune_hold=1,6")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     fields = {f.name: f for f in attrs.fields(TutorialConfig)}
@@ -449,6 +516,8 @@ def main(argv: list[str] | None = None) -> int:
         default = fields[key].default
         if isinstance(default, bool):
             overrides[key] = value.lower() in ("1", "true", "yes")
+        elif isinstance(default, tuple):
+            overrides[key] = tuple(value.split(","))
         else:
             overrides[key] = value if isinstance(default, str) or default is None else type(default)(value)
     cfg = quick_config(args.out, **overrides) if args.quick else TutorialConfig(out=args.out, **overrides)

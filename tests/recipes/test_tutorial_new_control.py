@@ -43,6 +43,42 @@ def test_finetune_levels_jump_within_a_clip_and_sweep_spans_the_range() -> None:
     assert sweep[-1] == pytest.approx(-tut.EXPOSURE_RANGE)
 
 
+def test_hold_and_walk_shape_the_finetuning_curves() -> None:
+    rng = np.random.default_rng(1)
+    short = tut.exposure_curve(200, rng, hold=(1, 1))  # a new level every frame
+    assert (np.diff(short) != 0).mean() > 0.6
+    held = tut.exposure_curve(200, np.random.default_rng(1), hold=(10, 10))
+    assert (np.diff(held)[np.arange(199) % 10 != 9] == 0).all(), "levels hold within each 10-frame segment"
+    walked = tut.exposure_curve(200, np.random.default_rng(1), hold=(10, 10), walk=0.05)
+    inside = np.diff(walked)[np.arange(199) % 10 != 9]
+    assert (inside != 0).any() and np.abs(inside).max() < 0.3, "random-walk segments move by small steps"
+    assert np.abs(walked).max() <= 0.6
+
+
+def test_plain_share_and_matched_motion_reach_the_finetuning_clips(tmp_path: Path) -> None:
+    from eartalk.core.data.dataset import read_manifest
+
+    root = tut.synthesize_varied(tmp_path / "v", clips=4, seconds=0.4, resolution=16, seed=0, progress=False,
+                                 hold=(1, 2), plain=0.5, motion_hz=1.5, emotion_segments=2)
+    exposures = {e["id"]: np.array(e["metadata"]["exposure"]) for e in read_manifest(root)}
+    ordered = [exposures[k] for k in sorted(exposures)]
+    assert all((e == 0).all() for e in ordered[:2]) and all((e != 0).any() for e in ordered[2:])
+    with pytest.raises(ConfigError, match="finetune_plain"):
+        tut.quick_config(tmp_path, finetune_plain=1.0)
+    with pytest.raises(ConfigError, match="finetune_hold"):
+        tut.quick_config(tmp_path, finetune_hold=(5, 2))
+    assert tut.quick_config(tmp_path, finetune_hold=("1", "6")).finetune_hold == (1, 6)  # what --set 1,6 passes
+
+
+def test_unguided_new_control_joins_the_trained_null_branch(tmp_path: Path) -> None:
+    from eartalk.core.engine.presets import get_arch
+
+    assert tut.finetune_arch(tut.quick_config(tmp_path)) == {}  # default: guided like the old conditions
+    arch = get_arch("tiny", **tut.finetune_arch(tut.quick_config(tmp_path, guide_new_control=False)))
+    assert arch.sampling.cfg_keep == ("brightness",) and arch.drop_keep == ("brightness",)
+    assert arch.drop_null_prob == 0.0 and arch.drop_keep_prob > 0  # the branch sampling runs is the one trained
+
+
 def test_ten_percent_rule_reads_the_direction_of_each_figure() -> None:
     before = {"l1_mean": 0.10, "blink_f1": 0.80, "drift_l1_late_over_early": 1.0}
     after = {"l1_mean": 0.105, "blink_f1": 0.70, "drift_l1_late_over_early": 1.2}
@@ -79,5 +115,7 @@ def test_walkthrough_finetuned_model_obeys_the_new_control(tmp_path: Path) -> No
     report = json.loads((out / "report.json").read_text())
     assert report["slope_after"] > 0, report["sweep"]["after"]["sweep"]["per_identity"]
     assert report["pearson_after"] > 0.25, report["sweep"]["after"]["sweep"]["per_identity"]
-    assert report["pearson_after"] > report["pearson_before"] + 0.3
+    # the same fine-tuned model commanded a flat brightness: what the stream's own drift correlates
+    # with the sweep (the model before the fine-tune drifts differently, so it is not the baseline)
+    assert report["pearson_after"] > report["pearson_flat_command"] + 0.3, (report["pearson_after"], report["pearson_flat_command"])
     assert set(report["old_controls_change"]) >= {"l1_mean", "drift_l1_late_over_early"}
