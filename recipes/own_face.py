@@ -114,13 +114,19 @@ def quick_config(video: str, out: str | Path, **overrides: Any) -> OwnFaceConfig
 # ---------------------------------------------------------------------------------------------
 # data
 # ---------------------------------------------------------------------------------------------
+def require_video(path: str) -> Path:
+    """``path`` as a Path; InputError naming it when it is not a file."""
+    video = Path(path)
+    if not video.is_file():
+        raise InputError(f"own-face: video {video} not found; pass a talking-face video file (e.g. an .mp4 with speech)")
+    return video
+
+
 def prepare_video(cfg: OwnFaceConfig, resolution: int) -> Path:
     """``eartalk prepare`` of the video into ``out/prepared`` (resumed when already there)."""
     from eartalk.core.data.prepare import prepare_dataset
 
-    video = Path(cfg.video)
-    if not video.is_file():
-        raise InputError(f"own-face: video {video} not found; pass a talking-face video file (e.g. an .mp4 with speech)")
+    video = require_video(cfg.video)
     root = Path(cfg.out) / "prepared"
     report = prepare_dataset([video], root, resolution=resolution, conditions=list(cfg.conditions),
                              landmarker=cfg.landmarker, chunk_seconds=cfg.chunk_seconds,
@@ -303,10 +309,11 @@ def run_own_face(cfg: OwnFaceConfig) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     if cfg.preset not in PRESETS:
         raise ConfigError(f"own-face: unknown preset {cfg.preset!r}; choose one of {sorted(PRESETS)}")
+    require_video(cfg.video)
+    analyzer = FaceAnalyzer(cfg.landmarker)  # fails early, naming the .task file, when MediaPipe has no model
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     resolution = PRESETS[cfg.preset].resolution
-    analyzer = FaceAnalyzer(cfg.landmarker)  # fails early, naming the .task file, when MediaPipe has no model
 
     if cfg.init_from:
         from eartalk.core.engine.checkpoint import read_info

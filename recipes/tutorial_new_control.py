@@ -91,7 +91,7 @@ class TutorialConfig:
     emotion_segments: int = 2
     vae_steps: int = 600
     steps: int = 600
-    finetune_clips: int = 48
+    finetune_clips: int = 200
     finetune_steps: int = 1500
     finetune_hold: tuple[int, int] = attrs.field(default=(1, 6), converter=lambda v: tuple(int(x) for x in v))
     finetune_walk: float = 0.0

@@ -72,8 +72,9 @@ def test_bad_settings_and_inputs_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="init_from .*gone.ckpt does not exist"):
         own_face.OwnFaceConfig(video="x.mp4", init_from=str(tmp_path / "gone.ckpt"), vae_checkpoint=str(ckpt))
     missing = tmp_path / "nope.mp4"
-    with pytest.raises(InputError, match="nope.mp4 not found"):
-        own_face.prepare_video(own_face.OwnFaceConfig(video=str(missing), out=str(tmp_path / "o")), 64)
+    with pytest.raises(InputError, match="nope.mp4 not found"):  # before MediaPipe or anything else
+        own_face.run_own_face(own_face.OwnFaceConfig(video=str(missing), out=str(tmp_path / "o")))
+    assert not (tmp_path / "o").exists(), "a bad input writes nothing"
 
 
 def test_command_is_registered() -> None:
