@@ -67,11 +67,17 @@ def audio_features(audio: Tensor | np.ndarray, num_frames: int, sample_rate: int
     return np.concatenate([logmel, np.gradient(logmel, axis=0)], axis=1) if num_frames > 1 else np.concatenate([logmel, 0 * logmel], 1)
 
 
+def lip_opening(track: FaceTrack) -> np.ndarray:
+    """``(T,)`` inner-lip gap over the eye distance per frame (NaN where no face was found)."""
+    p = track.landmarks[:, :, :2].double().numpy()  # (T, 478, 2)
+    return np.linalg.norm(p[:, 13] - p[:, 14], axis=1) / np.linalg.norm(p[:, 33] - p[:, 263], axis=1)
+
+
 def mouth_features(track: FaceTrack) -> np.ndarray:
     """``(T, 10)`` mouth features (5 values + derivatives); NaN frames interpolated."""
     p = track.landmarks[:, :, :2].double().numpy()  # (T, 478, 2)
     eyes = np.linalg.norm(p[:, 33] - p[:, 263], axis=1)
-    opening = np.linalg.norm(p[:, 13] - p[:, 14], axis=1) / eyes
+    opening = lip_opening(track)
     width = np.linalg.norm(p[:, 78] - p[:, 308], axis=1) / eyes
     names = list(track.blendshape_names)
     cols = [names.index(n) if n in names else _DEFAULT_BLENDSHAPE_INDEX[n] for n in MOUTH_BLENDSHAPES]

@@ -122,11 +122,10 @@ def require_video(path: str) -> Path:
     return video
 
 
-def prepare_video(cfg: OwnFaceConfig, resolution: int) -> Path:
-    """``eartalk prepare`` of the video into ``out/prepared`` (resumed when already there)."""
+def prepare_video(cfg: OwnFaceConfig, video: Path, resolution: int) -> Path:
+    """``eartalk prepare`` of ``video`` (checked by :func:`require_video`) into ``out/prepared`` (resumed when there)."""
     from eartalk.core.data.prepare import prepare_dataset
 
-    video = require_video(cfg.video)
     root = Path(cfg.out) / "prepared"
     report = prepare_dataset([video], root, resolution=resolution, conditions=list(cfg.conditions),
                              landmarker=cfg.landmarker, chunk_seconds=cfg.chunk_seconds,
@@ -183,10 +182,9 @@ def join_test(root: Path, readers: list[Any], stack: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 def mouth_opening(frames: torch.Tensor, analyzer: Any) -> np.ndarray:
     """MediaPipe mouth opening per frame of uint8 ``(T, 3, R, R)``: inner-lip gap / eye distance (NaN: no face)."""
-    track = analyzer.track(frames)
-    p = track.landmarks[:, :, :2].double().numpy()  # (T, 478, 2)
-    eyes = np.linalg.norm(p[:, 33] - p[:, 263], axis=1)
-    return np.linalg.norm(p[:, 13] - p[:, 14], axis=1) / eyes
+    from eartalk.metrics.proxies import lip_opening
+
+    return lip_opening(analyzer.track(frames))
 
 
 def generate(model: Any, portrait: torch.Tensor, signals: dict[str, torch.Tensor], frames: int,
@@ -212,12 +210,12 @@ def measure_own_face(model: Any, portrait: torch.Tensor, test: dict[str, Any], a
     video = generate(model, portrait, test["signals"], frames, progress)
     seconds = time.perf_counter() - start
     gen_open = mouth_opening(video, analyzer)
-    shuffled_corr, shuffled_videos = [], []
+    shuffled_open = []
     for k in range(SHUFFLE_SEEDS):
         order = torch.from_numpy(block_permutation(frames, SHUFFLE_BLOCK, seed + k))
         shuffled = {n: s[order] for n, s in test["signals"].items()}
-        shuffled_videos.append(generate(model, portrait, shuffled, frames, progress))
-        shuffled_corr.append(pearson(mouth_opening(shuffled_videos[-1], analyzer), true_open))
+        shuffled_open.append(mouth_opening(generate(model, portrait, shuffled, frames, progress), analyzer))
+    shuffled_corr = [pearson(o, true_open) for o in shuffled_open]
     static_open = mouth_opening(to_uint8(portrait)[None].expand(frames, -1, -1, -1).contiguous(), analyzer)
     l1, psnr = per_frame_l1_psnr(video, truth)
     floor = vae_floor(model, [{"frames": test["frames"]}], frames)
@@ -231,7 +229,7 @@ def measure_own_face(model: Any, portrait: torch.Tensor, test: dict[str, Any], a
         "l1_mean": float(l1.mean()), "psnr_mean_db": float(psnr.mean()), **floor,
         "test_frames": int(frames), "fps": float(frames / seconds),
         "curves": {"true": [round(float(v), 4) for v in true_open], "generated": [round(float(v), 4) for v in gen_open],
-                   "shuffled": [round(float(v), 4) for v in mouth_opening(shuffled_videos[0], analyzer)]},
+                   "shuffled": [round(float(v), 4) for v in shuffled_open[0]]},
         "_video": video,
     }
 
@@ -309,7 +307,7 @@ def run_own_face(cfg: OwnFaceConfig) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     if cfg.preset not in PRESETS:
         raise ConfigError(f"own-face: unknown preset {cfg.preset!r}; choose one of {sorted(PRESETS)}")
-    require_video(cfg.video)
+    video = require_video(cfg.video)
     analyzer = FaceAnalyzer(cfg.landmarker)  # fails early, naming the .task file, when MediaPipe has no model
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -319,7 +317,7 @@ def run_own_face(cfg: OwnFaceConfig) -> dict[str, Any]:
         from eartalk.core.engine.checkpoint import read_info
 
         cfg = attrs.evolve(cfg, conditions=tuple(spec["name"] for spec in read_info(Path(cfg.init_from), expect="model").conditions))
-    prepared = prepare_video(cfg, resolution)
+    prepared = prepare_video(cfg, video, resolution)
     train_readers, test_readers = split_clips(prepared, cfg.train_fraction)
     train = subset_dataset(prepared, out / "train", train_readers)
 
