@@ -313,10 +313,12 @@ def run_own_face(cfg: OwnFaceConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     resolution = PRESETS[cfg.preset].resolution
 
-    if cfg.init_from:
+    specs: tuple[Any, ...] = cfg.conditions
+    if cfg.init_from:  # the checkpoint's stack, options included (a plugin with other options would not load)
         from eartalk.core.engine.checkpoint import read_info
 
-        cfg = attrs.evolve(cfg, conditions=tuple(spec["name"] for spec in read_info(Path(cfg.init_from), expect="model").conditions))
+        specs = tuple(dict(spec) for spec in read_info(Path(cfg.init_from), expect="model").conditions)
+        cfg = attrs.evolve(cfg, conditions=tuple(spec["name"] for spec in specs))
     prepared = prepare_video(cfg, video, resolution)
     train_readers, test_readers = split_clips(prepared, cfg.train_fraction)
     train = subset_dataset(prepared, out / "train", train_readers)
@@ -328,7 +330,7 @@ def run_own_face(cfg: OwnFaceConfig) -> dict[str, Any]:
     start = time.perf_counter()
     finetune = {"init_from": cfg.init_from, "finetune": {"base": cfg.finetune_base}} if cfg.init_from else {}
     checkpoint = train_model(train, out / "model", cfg.preset, vae, cfg.steps, cfg.seed, cfg.progress,
-                             conditions=cfg.conditions, val_fraction=0.0, extra=finetune)
+                             conditions=specs, val_fraction=0.0, extra=finetune)
     model_minutes = (time.perf_counter() - start) / 60
 
     model = with_guidance(load_trained(checkpoint).eval(), cfg.guidance)

@@ -40,6 +40,7 @@ import argparse
 import json
 import math
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -180,14 +181,15 @@ def train_vae(data: Path, out: Path, preset: str, steps: int, seed: int, progres
 
 def train_model(data: Path, out: Path, preset: str, vae: Path, steps: int, seed: int, progress: bool,
                 arch: dict[str, Any] | None = None, batch_size: int = 4, latents: bool = True,
-                conditions: tuple[str, ...] = STUDY_CONDITIONS, val_fraction: float = 0.1,
+                conditions: Sequence[str | Mapping[str, Any]] = STUDY_CONDITIONS, val_fraction: float = 0.1,
                 extra: dict[str, Any] | None = None) -> Path:
     """Train the AR model with the ``train`` recipe and a condition stack (the study's); returns its checkpoint.
 
     With ``latents`` the dataset is pre-encoded once with the frozen VAE (``eartalk encode``; kept
     for later runs with the same VAE) and training reads the latents: on 2 CPU cores the VAE
     encoder is about half of a teacher-forced tiny step. ``extra`` adds top-level fields of the
-    train config (e.g. ``init_from`` and ``finetune``).
+    train config (e.g. ``init_from`` and ``finetune``). ``conditions``: plugin names or whole specs
+    (``{"name", "options", ...}``, e.g. a checkpoint's ``read_info(...).conditions``).
     """
     from eartalk.core.config import structure
     from eartalk.core.engine.presets import PRESETS
@@ -197,7 +199,7 @@ def train_model(data: Path, out: Path, preset: str, vae: Path, steps: int, seed:
     window = PRESETS[preset].window
     cfg = structure({**(extra or {}), "seed": seed, "out_dir": str(out),
                      "model": {"preset": preset, "vae_checkpoint": str(vae), "arch": dict(arch or {})},
-                     "conditions": [{"name": n} for n in conditions],
+                     "conditions": [dict(c) if isinstance(c, Mapping) else {"name": c} for c in conditions],
                      "data": {"root": str(data), "clip_frames": max(10, window + 4), "batch_size": batch_size,
                               "val_fraction": val_fraction, "latents": latents},
                      "optim": {"lr": 2e-3, "warmup_steps": 30},
@@ -375,9 +377,16 @@ def measure(model: Any, items: list[dict[str, Any]], probe: Any, frames: int, la
     return result
 
 
-def vae_floor(model: Any, items: list[dict[str, Any]], frames: int) -> dict[str, float]:
-    """L1 and PSNR of the VAE alone (encode + decode the truth): the floor of generation."""
-    l1s, psnrs = [], []
+def vae_floor(model: Any, items: list[dict[str, Any]], frames: int, probe: Any = None) -> dict[str, float]:
+    """L1 and PSNR of the VAE alone (encode + decode the truth): the floor of generation.
+
+    With a ``probe``, also what it reads from those reconstructions (``vae_*``) and from the true
+    frames (``truth_*``): blink F1, gaze error, emotion accuracy, mouth correlation and yaw error
+    against the truth's own controls, the ceiling each control figure can reach through this VAE.
+    """
+    from eartalk.metrics.probe import reading_errors
+
+    l1s, psnrs, reads = [], [], {"vae": [], "truth": []}
     with torch.no_grad():
         for item in items:
             clip = item["frames"][:frames]
@@ -385,7 +394,21 @@ def vae_floor(model: Any, items: list[dict[str, Any]], frames: int) -> dict[str,
             l1, psnr = per_frame_l1_psnr(to_uint8(recon), to_uint8(clip))
             l1s.append(l1.mean())
             psnrs.append(psnr.mean())
-    return {"vae_l1": float(np.mean(l1s)), "vae_psnr_db": float(np.mean(psnrs))}
+            if probe is None:
+                continue
+            sig = {n: s[:frames].numpy() for n, s in item["signals"].items()}
+            truth = {"blink": sig["blink"], "gaze": sig["gaze"], "emotion": sig["emotion"][:, 0],
+                     "mouth": item["extras"]["mouth"][:frames, 0].numpy()}
+            for name, video in (("vae", recon), ("truth", clip)):
+                read = probe.read(to_uint8(video))
+                row = reading_errors(read, truth)
+                row["yaw_mae_deg_drive"] = float(np.abs(read["head_pose"][:, 0] - sig["head_pose"][:, 0]).mean())
+                reads[name].append(row)
+    out = {"vae_l1": float(np.mean(l1s)), "vae_psnr_db": float(np.mean(psnrs))}
+    for name, rows in reads.items():
+        for key in (rows[0] if rows else ()):
+            out[f"{name}_{key}"] = float(np.nanmean([r[key] for r in rows]))
+    return out
 
 
 def untrained_model(checkpoint: Path) -> Any:
@@ -479,6 +502,18 @@ TARGETS = {"drift_l1_late_over_early": ("<=", 1.25), "psnr_late_db": (">=", 22.0
            "mouth_corr_shuffled": ("<=", 0.2)}
 
 
+def vae_ceiling_lines(report: dict[str, Any]) -> list[str]:
+    """Markdown table of the probe figures on true frames and on their VAE reconstructions (:func:`vae_floor`)."""
+    ceiling = [k for k in ("blink_f1", "emotion_accuracy", "mouth_corr", "gaze_error", "yaw_mae_deg_drive")
+               if f"vae_{k}" in report]
+    if not ceiling:
+        return []
+    lines = ["What the probe reads from the true frames and from their VAE reconstructions (against the "
+             "truth's own controls): the most a generated figure can reach through this VAE.", "",
+             "| figure | true frames | VAE reconstructions |", "|---|---|---|"]
+    return [*lines, *(f"| {k} | {_fmt(report.get(f'truth_{k}'))} | {_fmt(report[f'vae_{k}'])} |" for k in ceiling), ""]
+
+
 def write_markdown(path: Path, report: dict[str, Any]) -> Path:
     """``report.md``: budget, headline table against the issue's targets, ablations, probe accuracy."""
     lines = ["# eartalk study", "", f"Generated {report['finished']} on this machine ({report['threads']} threads).", ""]
@@ -507,6 +542,7 @@ def write_markdown(path: Path, report: dict[str, Any]) -> Path:
             met = "yes" if (value <= target if op == "<=" else value >= target) else "no"
         lines.append(f"| {key} | {_fmt(value)} | {_fmt(base) if base != '' else ''} | {f'{op} {target}' if target else ''} | {met} |")
     lines += ["", f"VAE alone on the same clips: L1 {report['vae_l1']:.3f}, PSNR {report['vae_psnr_db']:.2f} dB.", ""]
+    lines += vae_ceiling_lines(report)
     if report.get("ablations"):
         cols = ("drift_l1_late_over_early", "l1_early", "l1_late", "psnr_late_db", "yaw_mae_deg", "blink_f1",
                 "emotion_accuracy", "mouth_corr", "mouth_corr_shuffled", "train_minutes")
@@ -609,7 +645,7 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
     main = measure(model, items, probe, frames, "main model", cfg.seed, cfg.progress)
     main["fps"] = single_stream_fps(model, items[0])
     main["train_minutes"] = minutes["vae"] + minutes["model"]
-    floor = vae_floor(model, items, frames)
+    floor = vae_floor(model, items, frames, probe)
     curves = {"main": main}
     ablations = {}
     for name, (path, mins) in ablation_ckpts.items():

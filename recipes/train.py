@@ -40,6 +40,7 @@ except ImportError:  # pragma: no cover
 
 RANDOM_VAE = "random"
 FINETUNE_BASE = ("train", "freeze", "lower_lr")
+KEEP_WARN_BATCHES = 50  # training batches without a replay clip before finetune.keep warns
 
 
 @attrs.frozen
@@ -53,11 +54,17 @@ class FinetuneConfig:
         base_lr_scale: learning-rate factor of the loaded parts with ``base: lower_lr``.
         reinit: plugins to start fresh although the checkpoint has them (needed when a plugin's
             options or ``signal_dim`` changed; without it that is an error).
+        keep: weight of the keep loss (learning without forgetting, :meth:`EarTalkModel.keep_loss`):
+            on the replay clips of each batch (clips whose data carry none of the new plugins), the
+            model's denoiser output with the new plugins null is pulled toward the loaded
+            checkpoint's (kept frozen beside it), so the old stack keeps its behaviour while the
+            new plugins learn on the other clips. 0 (default): off.
     """
 
     base: str = "train"
     base_lr_scale: float = 0.1
     reinit: list[str] = attrs.field(factory=list)
+    keep: float = 0.0
 
 
 @attrs.frozen
@@ -225,9 +232,14 @@ if L is not None:
             self.specs = specs
             self.model = build_model(self.arch, specs, self.cfg.model.vae_checkpoint)
             self._base_params: set[str] = set()
+            self._teacher: list[Any] = []  # a list: the frozen checkpoint is no submodule (not saved, not trained)
+            self._replay_seen, self._keep_batches = 0, 0  # replay clips seen by the keep loss (warned if none)
             if self.cfg.init_from:
                 self.init_report = init_from_checkpoint(self.model, self.cfg.init_from, self.cfg.finetune.reinit)
                 self._setup_finetune(self.init_report)
+                if self.cfg.finetune.keep > 0:
+                    teacher = load_trained(self.cfg.init_from)
+                    self._teacher.append(teacher.requires_grad_(False).eval())
             for name, param in self.named_parameters():
                 if any(name.startswith(prefix) for prefix in self.cfg.freeze):
                     param.requires_grad_(False)
@@ -260,7 +272,22 @@ if L is not None:
             return 1.0
 
         def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-            return self.model.loss(batch)
+            if not self._teacher:
+                return self.model.loss(batch)
+            tokens, ref_tokens = self.model.batch_tokens(batch)  # encoded once for both losses
+            batch = {**batch, "tokens": tokens, "reference_tokens": ref_tokens}
+            out = self.model.loss(batch)
+            teacher = self._teacher[0].to(batch["frames"].device)
+            keep = self.model.keep_loss(batch, teacher)
+            if self.training and self._replay_seen == 0:
+                self._replay_seen += int(self.model.replay_clips(batch, set(teacher.stack.names)).sum())
+                self._keep_batches += 1
+                if self._keep_batches == KEEP_WARN_BATCHES and self._replay_seen == 0:
+                    log.warning("finetune.keep: no replay clip in the first %d batches (every clip carries the new "
+                                "plugin(s) %s), so the keep loss is 0; store their signal as absent (NaN rows) on a "
+                                "share of plain clips", KEEP_WARN_BATCHES,
+                                sorted(set(self.model.stack.names) - set(teacher.stack.names)))
+            return {"loss": out["loss"] + self.cfg.finetune.keep * keep, "diffusion": out["loss"], "keep": keep}
 
         def checkpoint_record(self) -> dict[str, Any]:
             from eartalk.core.engine.checkpoint import make_record
@@ -315,3 +342,7 @@ def check_inputs(config: TrainConfig) -> None:
         raise ConfigError(f"finetune.base: {config.finetune.base!r} is not one of {', '.join(FINETUNE_BASE)}")
     if not 0.0 < config.finetune.base_lr_scale <= 1.0:
         raise ConfigError(f"finetune.base_lr_scale must be in (0, 1], got {config.finetune.base_lr_scale}")
+    if not config.finetune.keep >= 0.0:
+        raise ConfigError(f"finetune.keep must be >= 0 (0: off), got {config.finetune.keep}")
+    if config.finetune.keep > 0 and not config.init_from:
+        raise ConfigError("finetune.keep keeps the behaviour of the init_from checkpoint: set init_from, or keep: 0")

@@ -306,17 +306,38 @@ class MARDecoder(nn.Module):
         Returns:
             Scalar mean loss over masked tokens and diffusion samples.
         """
-        b = z.shape[0]
-        mask = self.random_masks(b, generator, z.device)  # (B, N)
-        cond = self.context(z, tokens, ~mask)  # (B, N, W)
-        target = tokens[mask]  # (M, c)
-        cond = cond[mask]  # (M, W)
-        mul = self.diffusion_batch_mul
-        target, cond = target.repeat(mul, 1), cond.repeat(mul, 1)  # (M * mul, ...)
-        t = torch.randint(0, self.diffusion.steps, (target.shape[0],), generator=generator).to(z.device)
-        noise = torch.randn(target.shape, generator=generator, dtype=torch.float32).to(z.device, z.dtype)
+        _, cond, target, t, noise = self._noised(z, tokens, generator)
         out = self.head(self.diffusion.noisy(target, t, noise), t, cond)
         return F.mse_loss(out, self.diffusion.target(target, t, noise))
+
+    def distill_loss(self, z: torch.Tensor, teacher: MARDecoder, z_teacher: torch.Tensor, tokens: torch.Tensor,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+        """Mean squared gap between this decoder's denoiser output and ``teacher``'s on the same
+        masked tokens, timesteps and noise (function-space distillation; no gradient to the teacher).
+
+        Args:
+            z: ``(B, N, Dz)`` this model's contexts.
+            teacher: the decoder to match (same sizes).
+            z_teacher: ``(B, N, Dz)`` the teacher's contexts of the same frames.
+            tokens: ``(B, N, c)`` target tokens (the known ones enter both contexts).
+        """
+        mask, cond, target, t, noise = self._noised(z, tokens, generator)
+        noisy = self.diffusion.noisy(target, t, noise)
+        with torch.no_grad():
+            cond_t = teacher.context(z_teacher, tokens, ~mask)[mask].repeat(self.diffusion_batch_mul, 1)
+            goal = teacher.head(noisy, t, cond_t)
+        return F.mse_loss(self.head(noisy, t, cond), goal)
+
+    def _noised(self, z: torch.Tensor, tokens: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, ...]:
+        """One training draw: masks ``(B, N)``, the masked tokens' head conditions ``(M', W)``, their
+        targets ``(M', c)``, timesteps ``(M',)`` and noise (``M' = M * diffusion_batch_mul``)."""
+        mask = self.random_masks(z.shape[0], generator, z.device)  # (B, N)
+        cond = self.context(z, tokens, ~mask)[mask]  # (M, W)
+        mul = self.diffusion_batch_mul
+        target, cond = tokens[mask].repeat(mul, 1), cond.repeat(mul, 1)  # (M * mul, ...)
+        t = torch.randint(0, self.diffusion.steps, (target.shape[0],), generator=generator).to(z.device)
+        noise = torch.randn(target.shape, generator=generator, dtype=torch.float32).to(z.device, z.dtype)
+        return mask, cond, target, t, noise
 
     @torch.no_grad()
     def sample(

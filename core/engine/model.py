@@ -154,6 +154,41 @@ class EarTalkModel(nn.Module):
         present = {n: p for n, p in (present or {}).items() if n in signals}
         return self.stack(signals, present, batch=batch, frames=frames)
 
+    def batch_conditions(self, batch: Mapping[str, Any], dropout: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The batch's signals of this stack and their presence ``(B, T)``; with ``dropout`` in
+        training mode after condition dropout (:meth:`drop_conditions`)."""
+        signals = {n: s for n, s in (batch.get("signals") or {}).items() if n in self.stack.plugins}
+        present = {n: torch.isfinite(s).all(-1) for n, s in signals.items()}  # (B, T) each
+        for name, mask in (batch.get("present") or {}).items():
+            if name in present:
+                present[name] = present[name] & mask.to(present[name].device).bool()
+        return signals, (self.drop_conditions(present) if dropout else present)
+
+    def drop_conditions(self, present: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Presence ``(B, T)`` after condition dropout in training mode (joint branches, whole clips
+        and random spans set to null); unchanged in eval mode."""
+        if not self.training or not present:
+            return present
+        a = self.arch
+        device = next(iter(present.values())).device
+        dropped = self.stack.drop({n: m.cpu() for n, m in present.items()},
+                                  null_prob=a.drop_null_prob, keep_prob=a.drop_keep_prob, keep=a.drop_keep)
+        return {n: m.to(device) for n, m in dropped.items()}
+
+    def batch_tokens(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latent tokens of the batch's frames ``(B, T, N, c)`` and reference ``(B, N, c)``: the
+        pre-encoded ones (``eartalk encode``, core/data/latents.py) when given, else through the VAE.
+        A batch that already carries them as ``tokens`` and ``reference_tokens`` (this method's
+        output, e.g. shared by :meth:`loss` and :meth:`keep_loss`) is not encoded again."""
+        if "tokens" in batch:
+            return batch["tokens"], batch["reference_tokens"]
+        frames, p = batch["frames"], self.arch.patch_size
+        if "latents" in batch:
+            tokens = patchify(batch["latents"].to(frames.device, frames.dtype), p)
+            ref_tokens = patchify(batch["reference_latents"][:, None].to(frames.device, frames.dtype), p)[:, 0]
+            return tokens, ref_tokens
+        return self.encode_tokens(frames), self.encode_tokens(batch["reference"][:, None])[:, 0]
+
     # -- training --------------------------------------------------------------------------------
     def loss(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """Training loss of a batch (DataModule format): teacher forcing, or a rollout stage.
@@ -180,23 +215,8 @@ class EarTalkModel(nn.Module):
         self.check_frames(reference, "batch['reference']")
         b, t = frames.shape[:2]
         a = self.arch
-        signals = {n: s for n, s in (batch.get("signals") or {}).items() if n in self.stack.plugins}
-        present = {n: torch.isfinite(s).all(-1) for n, s in signals.items()}  # (B, T) each
-        for name, mask in (batch.get("present") or {}).items():
-            if name in present:
-                present[name] = present[name] & mask.to(present[name].device).bool()
-        if self.training:  # condition dropout: joint branches, whole clips and random spans set to null
-            dropped = self.stack.drop(
-                {n: m.cpu() for n, m in present.items()},
-                null_prob=a.drop_null_prob, keep_prob=a.drop_keep_prob, keep=a.drop_keep,
-            )
-            present = {n: m.to(frames.device) for n, m in dropped.items()}
-        if "latents" in batch:  # pre-encoded by `eartalk encode` (core/data/latents.py): no VAE pass
-            tokens = patchify(batch["latents"].to(frames.device, frames.dtype), a.patch_size)  # (B, T, N, c)
-            ref_tokens = patchify(batch["reference_latents"][:, None].to(frames.device, frames.dtype), a.patch_size)[:, 0]
-        else:
-            tokens = self.encode_tokens(frames)  # (B, T, N, c)
-            ref_tokens = self.encode_tokens(reference[:, None])[:, 0]  # (B, N, c)
+        signals, present = self.batch_conditions(batch)
+        tokens, ref_tokens = self.batch_tokens(batch)  # (B, T, N, c), (B, N, c)
         cond = self.stack(signals, present, batch=b, frames=t)  # (B, T, K, Dc)
         mid = self.training and t > 1 and float(torch.rand(())) < a.mid_clip_prob
         if mid:  # frame 0 is context only: targets are frames 1 .. T-1
@@ -214,6 +234,55 @@ class EarTalkModel(nn.Module):
         z = self.backbone(ref_tokens, cond, prev, clean_first=not mid)  # (B, T', N, D)
         loss = self.decoder.loss(z.flatten(0, 1), self.to_target(targets, ref_tokens).flatten(0, 1))
         return {"loss": loss}
+
+    def replay_clips(self, batch: Mapping[str, Any], old: set[str] | list[str]) -> torch.Tensor:
+        """``(B,)`` bool: the clips whose data carry none of this stack's plugins outside ``old``."""
+        _, present = self.batch_conditions(batch, dropout=False)
+        replay = torch.ones(batch["frames"].shape[0], dtype=torch.bool, device=batch["frames"].device)
+        for name, mask in present.items():
+            if name not in old:
+                replay &= ~mask.any(1)
+        return replay
+
+    def keep_loss(self, batch: Mapping[str, Any], teacher: EarTalkModel) -> torch.Tensor:
+        """Learning without forgetting: on the batch's *replay* clips (those whose data carry none of
+        the plugins ``teacher`` lacks), pull this model's denoiser output, with those plugins null,
+        toward ``teacher``'s (a fine-tune's starting checkpoint): the old stack then behaves as it
+        did while the new plugins learn on the other clips.
+
+        Only replay clips: on a clip that carries a new control (e.g. a brightness jump) the teacher
+        would undo what the control did, and the null branch of classifier-free guidance would learn
+        to undo it too, so that guidance then amplifies the whole control instead of its changes.
+        Both models see the true context (teacher forcing, no context noise, no rollout) and the
+        same condition dropout (every guidance branch keeps its old output); their diffusion heads
+        see the same masks, timesteps and noise (:meth:`MARDecoder.distill_loss`). The tokens come
+        from this model's VAE (a fine-tune loads the checkpoint's).
+
+        Args:
+            batch: as :meth:`loss`.
+            teacher: the model to keep to, frozen; its stack's plugins must all be in this one's.
+
+        Returns:
+            Scalar mean squared gap (0 without a replay clip in the batch).
+        """
+        missing = [n for n in teacher.stack.names if n not in self.stack.names]
+        if missing:
+            raise ValueError(f"keep_loss: the teacher's plugins {missing} are not in this model's stack {self.stack.names}")
+        old = set(teacher.stack.names)
+        signals, present = self.batch_conditions(batch, dropout=False)
+        replay = self.replay_clips(batch, old)
+        if not replay.any():
+            return batch["frames"].new_zeros(())
+        tokens, ref_tokens = (x[replay] for x in self.batch_tokens(batch))
+        signals = {n: s[replay] for n, s in signals.items() if n in old}
+        present = self.drop_conditions({n: m[replay] for n, m in present.items() if n in old})
+        b, t = tokens.shape[:2]
+        prev = torch.cat([ref_tokens[:, None], tokens[:, :-1]], dim=1)  # (B', T, N, c)
+        z = self.backbone(ref_tokens, self.stack(signals, present, batch=b, frames=t), prev, noise=False)
+        with torch.no_grad():
+            z_t = teacher.backbone(ref_tokens, teacher.stack(signals, present, batch=b, frames=t), prev, noise=False)
+        target = self.to_target(tokens, ref_tokens).flatten(0, 1)
+        return self.decoder.distill_loss(z.flatten(0, 1), teacher.decoder, z_t.flatten(0, 1), target)
 
     @torch.no_grad()
     def rollout_tokens(

@@ -303,3 +303,61 @@ def test_progress_bar_label_has_no_negative_epoch_count(tmp_path: Path) -> None:
     bar._trainer = trainer  # set by Lightning at fit start
     label = bar._get_train_description(3)
     assert label == "Epoch 3 (step budget 7)" and "/-" not in label
+
+
+def _keep_gap(model, base, batches) -> float:
+    """The keep loss of ``model`` against ``base`` over fixed batches (eval mode, fixed seed)."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        return float(sum(model.keep_loss(b, base) for b in batches) / len(batches))
+
+
+def test_finetune_keep_loss_keeps_the_old_stack(synth_data: Path, vae_run: Path, model_run: Path, tmp_path: Path) -> None:
+    """finetune.keep: adding a plugin and training everything at a high learning rate moves the old
+    stack's output away from the checkpoint's; the keep loss holds it closer (same steps and seed).
+    The new plugin (`expression`) is absent from these clips (no face track), so every clip is a
+    replay clip for the keep loss."""
+    from eartalk.recipes.common import make_datamodule
+    from eartalk.recipes.train import EarTalkModule
+
+    start = str(model_run / "checkpoints" / "last.ckpt")
+    base = load_trained(start)
+    runs = {}
+    for keep in (0.0, 4.0):
+        raw = unstructure(train_config(tmp_path / f"k{keep}", synth_data, vae_run / "checkpoints" / "vae.ckpt", 25,
+                                       init_from=start, finetune={"base": "train", "keep": keep}))
+        raw["conditions"] = [*CONDITIONS, {"name": "expression"}]
+        raw["optim"] = {"lr": 1e-2, "warmup_steps": 2}
+        if keep:
+            module = EarTalkModule(raw)
+            assert module._teacher and not any("teacher" in k for k in module.state_dict()), "the teacher is not saved"
+        TrainRecipe().run(structure(raw, TrainConfig))
+        runs[keep] = load_trained(tmp_path / f"k{keep}" / "checkpoints" / "last.ckpt")
+    assert "train/keep" in read_metrics(tmp_path / "k4.0"), "the keep loss is logged"
+    cfg = train_config(tmp_path / "dm", synth_data, vae_run / "checkpoints" / "vae.ckpt", 1)
+    dm = make_datamodule(cfg, runs[0.0].stack)
+    dm.setup("fit")
+    batches = [b for b, _ in zip(dm.train_dataloader(), range(3), strict=False)]
+    assert _keep_gap(base, base, batches) == 0.0, "a model against itself has no gap"
+    free, kept = _keep_gap(runs[0.0], base, batches), _keep_gap(runs[4.0], base, batches)
+    assert kept < 0.5 * free, f"keep loss did not hold the old stack: gap {kept:.4f} with keep vs {free:.4f} without"
+
+
+def test_finetune_keep_needs_init_from_and_a_sane_weight(synth_data: Path, vae_run: Path, model_run: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from eartalk.recipes import train
+
+    vae = vae_run / "checkpoints" / "vae.ckpt"
+    monkeypatch.setattr(train, "KEEP_WARN_BATCHES", 3)
+    raw = unstructure(train_config(tmp_path / "g", synth_data, vae, 4, init_from=str(model_run / "checkpoints" / "last.ckpt"),
+                                   finetune={"keep": 1.0}))
+    raw["conditions"] = [*CONDITIONS, {"name": "gaze"}]  # gaze is on every clip: no replay clip
+    with caplog.at_level(logging.WARNING, logger="eartalk.recipes.train"):
+        TrainRecipe().run(structure(raw, TrainConfig))
+    assert "no replay clip in the first 3 batches" in caplog.text and "['gaze']" in caplog.text
+    with pytest.raises(ConfigError, match="finetune.keep keeps the behaviour of the init_from checkpoint"):
+        TrainRecipe().run(train_config(tmp_path / "a", synth_data, vae, 1, finetune={"keep": 1.0}))
+    with pytest.raises(ConfigError, match="finetune.keep must be >= 0"):
+        TrainRecipe().run(train_config(tmp_path / "b", synth_data, vae, 1, finetune={"keep": -1.0}))

@@ -173,3 +173,55 @@ def test_quick_study_trained_beats_untrained_and_audio_beats_shuffled(tmp_path: 
     assert report["yaw_mae_deg"] < untrained["yaw_mae_deg"], (report["yaw_mae_deg"], untrained["yaw_mae_deg"])
     assert report["train_minutes"] > 0 and report["fps"] > 0
     assert report["budget"]["steps"] == cfg.steps and report["budget"]["ablation_steps"] == cfg.ablation_steps
+
+
+def test_train_model_takes_names_or_whole_specs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint's specs (options included) reach the train config as they are; names get default options."""
+    from eartalk.recipes import study
+    from eartalk.recipes.train import TrainRecipe
+
+    seen = []
+    monkeypatch.setattr(TrainRecipe, "run", lambda self, cfg: seen.append(cfg) or tmp_path / "last.ckpt")
+    study.train_model(tmp_path / "data", tmp_path / "run", "tiny", tmp_path / "vae.ckpt", 1, 0, False, latents=False,
+                      conditions=({"name": "audio", "options": {"n_mels": 24}}, "head_pose"))
+    specs = {s.name: s for s in seen[0].conditions}
+    assert list(specs) == ["audio", "head_pose"]
+    assert specs["audio"].options == {"n_mels": 24} and specs["head_pose"].options == {}
+
+
+def test_vae_floor_reads_the_controls_the_vae_keeps(tmp_path: Path) -> None:
+    """With a probe, the VAE floor says what each control figure can reach through the VAE: a VAE
+    that loses the eyes loses the blink F1 that the probe reads from the true frames."""
+    from types import SimpleNamespace
+
+    from eartalk.recipes.study import vae_ceiling_lines, vae_floor
+
+    frames = 40
+    item = fake_item(frames)
+    closed = (torch.arange(frames) % 10 < 3).float()  # (T,)
+    item["signals"]["blink"] = closed[:, None].repeat(1, 2)
+    item["signals"]["gaze"] = torch.zeros(frames, 4)
+    item["signals"]["emotion"] = torch.zeros(frames, 1)
+    item["frames"] = (closed - 0.5)[:, None, None, None].expand(frames, 3, 8, 8).clone()  # closed frames are light
+    item["extras"] = {"mouth": torch.rand(frames, 1, generator=torch.Generator().manual_seed(1))}
+
+    class Probe:
+        def read(self, video: torch.Tensor) -> dict:
+            light = (video.float().mean((1, 2, 3)) > 127).numpy().astype(np.float32)  # (T,)
+            t = video.shape[0]
+            return {"blink": np.stack([light, light], 1), "gaze": np.zeros((t, 4)), "emotion": np.zeros(t),
+                    "mouth": light, "head_pose": np.zeros((t, 6))}
+
+    def run(decode):
+        model = SimpleNamespace(vae=SimpleNamespace(encode=lambda x: x, decode=decode))
+        return vae_floor(model, [item], frames, Probe())
+
+    keeps, loses = run(lambda z: z), run(lambda z: torch.full_like(z, -0.5))
+    assert keeps["truth_blink_f1"] == keeps["vae_blink_f1"] == 1.0
+    assert loses["truth_blink_f1"] == 1.0 and loses["vae_blink_f1"] == 0.0
+    assert loses["vae_l1"] > keeps["vae_l1"] == 0.0
+    assert "vae_blink_f1" not in vae_floor(SimpleNamespace(vae=SimpleNamespace(encode=lambda x: x, decode=lambda z: z)),
+                                           [item], frames)
+    table = "\n".join(vae_ceiling_lines(loses))
+    assert "| blink_f1 | 1.000 | 0.000 |" in table, table
+    assert vae_ceiling_lines({"vae_l1": 0.1}) == []

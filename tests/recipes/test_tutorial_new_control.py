@@ -63,6 +63,15 @@ def test_plain_share_and_matched_motion_reach_the_finetuning_clips(tmp_path: Pat
     exposures = {e["id"]: np.array(e["metadata"]["exposure"]) for e in read_manifest(root)}
     ordered = [exposures[k] for k in sorted(exposures)]
     assert all((e == 0).all() for e in ordered[:2]) and all((e != 0).any() for e in ordered[2:])
+    from eartalk.core.data.dataset import TalkingHeadDataset
+
+    readers = {r.id: r for r in TalkingHeadDataset(root, clip_frames=2).clips}
+    for k, clip_id in enumerate(sorted(readers)):  # the plain clips are replay clips: brightness stored absent
+        stored = readers[clip_id].entry.get("signals", [])
+        if k < 2:
+            assert tut.CONTROL in stored and np.isnan(np.array(readers[clip_id].signal(tut.CONTROL))).all()
+        else:
+            assert tut.CONTROL not in stored, "a varied clip's brightness is computed from its frames"
     with pytest.raises(ConfigError, match="finetune_plain"):
         tut.quick_config(tmp_path, finetune_plain=1.0)
     with pytest.raises(ConfigError, match="finetune_hold"):
@@ -84,6 +93,12 @@ def test_ten_percent_rule_reads_the_direction_of_each_figure() -> None:
     after = {"l1_mean": 0.105, "blink_f1": 0.70, "drift_l1_late_over_early": 1.2}
     verdict = tut.within_ten_percent(tut.forgetting(before, after))
     assert verdict == {"l1_mean": True, "blink_f1": False, "drift_l1_late_over_early": False}
+    # a control the base does not obey (no better than its no-control baseline) is not read by the rule
+    base = {**before, "blink_f1_nocontrol": 0.85, "yaw_mae_deg": 10.0, "yaw_mae_deg_nocontrol": 15.0,
+            "mouth_corr": 0.1, "mouth_corr_shuffled": 0.2}
+    assert tut.not_learnt(base) == ["blink_f1", "mouth_corr"]
+    assert tut.within_ten_percent(tut.forgetting(before, after), tut.not_learnt(base)) == {
+        "l1_mean": True, "drift_l1_late_over_early": False}
 
 
 def test_missing_plugin_and_bad_sizes_are_clear_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -166,3 +166,20 @@ def test_decoder_memorises_one_frame():
     out = dec.sample(z, None, steps=4, denoise_steps=20, cfg=1.0, generator=torch.Generator().manual_seed(1))
     err = float((out - target).pow(2).mean())
     assert err < 0.05, err  # target variance is 1: the error is < 5 % of the frame's energy (measured ~0.01)
+
+
+def test_distill_loss_is_zero_against_itself_and_trains_only_the_student() -> None:
+    import copy
+
+    torch.manual_seed(0)
+    student = MARDecoder(token_dim=4, context_dim=8, num_tokens=4, grid=2, width=16, heads=2, depth=1, head_width=16)
+    for p in student.parameters():  # the zero-initialised output layers would make every output 0
+        torch.nn.init.normal_(p, std=0.2)
+    teacher = copy.deepcopy(student).requires_grad_(False)
+    z, tokens = torch.randn(3, 4, 8), torch.randn(3, 4, 4)
+    assert float(student.distill_loss(z, teacher, z, tokens)) == 0.0
+    gap = student.distill_loss(z, teacher, z + torch.randn_like(z), tokens)
+    assert float(gap) > 0
+    gap.backward()
+    assert student.head.out.weight.grad is not None and student.z_in.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in teacher.parameters())

@@ -257,3 +257,35 @@ def test_the_diffusion_target_is_what_arch_target_says(toy_stack, target):
             torch.testing.assert_close(latents, ref_latents)
         else:
             assert torch.equal(latents, torch.zeros_like(latents))
+
+
+def test_keep_loss_runs_on_replay_clips_only(toy_stack):
+    """keep_loss compares with the teacher only on clips whose data lack the plugins the teacher
+    lacks (here `toy`): a batch where every clip carries `toy` gives 0, and a mixed batch gives what
+    its replay clip alone gives."""
+    from eartalk.conditions import ConditionStack
+    from eartalk.conditions.testing import ToyAudio
+
+    torch.manual_seed(0)
+    student = EarTalkModel(get_arch("tiny"), toy_stack).eval()
+    teacher = EarTalkModel(get_arch("tiny"), ConditionStack([ToyAudio(16)])).eval()
+    batch = smooth_batch()
+    student.vae.fit_latent_stats([batch["frames"]])
+    teacher.vae.load_state_dict(student.vae.state_dict())
+    for model in (student, teacher):  # the zero-initialised output layers would make both outputs 0
+        torch.nn.init.normal_(model.decoder.head.out.weight, std=0.1)
+
+    def gap(b):
+        torch.manual_seed(1)
+        with torch.no_grad():
+            return float(student.keep_loss(b, teacher))
+
+    assert gap(batch) == 0.0, "every clip carries the new control: nothing to keep"
+    mixed = {**batch, "signals": {**batch["signals"], "toy": batch["signals"]["toy"].clone()}, "present": {}}
+    mixed["signals"]["toy"][1] = float("nan")  # clip 1 is a replay clip
+    alone = {"frames": batch["frames"][1:], "reference": batch["reference"][1:],
+             "signals": {"toy": mixed["signals"]["toy"][1:]}}
+    assert gap(mixed) > 0
+    assert gap(mixed) == pytest.approx(gap(alone), rel=1e-5)
+    with pytest.raises(ValueError, match="teacher's plugins"):
+        teacher.keep_loss(batch, student)
