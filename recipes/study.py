@@ -138,8 +138,10 @@ class StudyConfig:
             raise ConfigError("study: clips, heldout, vae_steps, steps, ablation_steps, threads and emotion_segments must be >= 1")
         if self.guidance is not None and not self.guidance >= 0:
             raise ConfigError(f"study: --cfg must be >= 0, got {self.guidance}")
-        if not self.motion_hz > 0.05:
-            raise ConfigError(f"study: motion_hz must be > 0.05 (the slowest head motion component), got {self.motion_hz}")
+        from eartalk.core.data.synth import MIN_MOTION_HZ
+
+        if not self.motion_hz > MIN_MOTION_HZ:
+            raise ConfigError(f"study: motion_hz must be > {MIN_MOTION_HZ} (the slowest head motion component), got {self.motion_hz}")
         for what, path in (("--vae-checkpoint", self.vae_checkpoint), ("--checkpoint", self.checkpoint),
                            *((f"--ablation-checkpoint {k}", v) for k, v in self.ablation_checkpoints.items())):
             if path and not Path(path).is_file():

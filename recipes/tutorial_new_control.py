@@ -119,6 +119,13 @@ class TutorialConfig:
         for name in ("clips", "vae_steps", "steps", "finetune_clips", "finetune_steps", "identities"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"tutorial: {name} must be >= 1, got {getattr(self, name)}")
+        from eartalk.core.data.synth import MIN_MOTION_HZ
+
+        if not self.motion_hz > MIN_MOTION_HZ:
+            raise ConfigError(f"tutorial: motion_hz must be > {MIN_MOTION_HZ} (the slowest head motion component), "
+                              f"got {self.motion_hz}")
+        if not self.finetune_keep >= 0.0:
+            raise ConfigError(f"tutorial: finetune_keep must be >= 0 (0: off), got {self.finetune_keep}")
         if not 0.0 <= self.finetune_plain < 1.0:
             raise ConfigError(f"tutorial: finetune_plain must be in [0, 1), got {self.finetune_plain}")
         if len(self.finetune_hold) != 2 or not 1 <= self.finetune_hold[0] <= self.finetune_hold[1]:

@@ -103,12 +103,12 @@ class SynthCommand(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         from eartalk.core.data.dataset import read_manifest
-        from eartalk.core.data.synth import synthesize_dataset
+        from eartalk.core.data.synth import MIN_MOTION_HZ, synthesize_dataset
         from eartalk.core.errors import InputError
 
-        if args.clips < 1 or args.seconds <= 0 or args.resolution < 16 or args.emotion_segments < 1 or not args.motion_hz > 0.05:
+        if args.clips < 1 or args.seconds <= 0 or args.resolution < 16 or args.emotion_segments < 1 or not args.motion_hz > MIN_MOTION_HZ:
             raise InputError("synth needs --clips >= 1, --seconds > 0, --resolution >= 16, --emotion-segments >= 1 "
-                             "and --motion-hz > 0.05")
+                             f"and --motion-hz > {MIN_MOTION_HZ}")
         root = synthesize_dataset(args.out, args.clips, args.seconds, args.resolution, args.seed,
                                   emotion_segments=args.emotion_segments, motion_hz=args.motion_hz, progress=not args.json)
         clips = len(read_manifest(root))

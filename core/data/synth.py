@@ -351,12 +351,16 @@ def synthesize_speech(
 # ---------------------------------------------------------------------------------------------
 # Control timelines
 # ---------------------------------------------------------------------------------------------
+#: Slowest head-rotation component (Hz); ``motion_hz``, the fastest, must exceed it.
+MIN_MOTION_HZ = 0.05
+
+
 def _smooth_motion(num_frames: int, rng: np.random.Generator, amplitude: float, max_hz: float = 0.4) -> np.ndarray:
     """Sum of three random low-frequency sinusoids, scaled to peak ``amplitude``."""
     t = np.arange(num_frames, dtype=np.float32) / VIDEO_FPS
     out = np.zeros(num_frames, np.float32)
     for _ in range(3):
-        out += np.sin(2 * math.pi * rng.uniform(0.05, max_hz) * t + rng.uniform(0, 2 * math.pi)) * rng.uniform(0.3, 1.0)
+        out += np.sin(2 * math.pi * rng.uniform(MIN_MOTION_HZ, max_hz) * t + rng.uniform(0, 2 * math.pi)) * rng.uniform(0.3, 1.0)
     return (out / 2.0 * amplitude).astype(np.float32)
 
 

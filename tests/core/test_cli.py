@@ -259,3 +259,9 @@ def test_generate_stderr_is_quiet_and_reports_progress(tmp_path: Path, real_dir:
     verbose = subprocess.run([exe, "-v", *args[1:]], capture_output=True, text=True, env=env, timeout=600)
     assert verbose.returncode == 0, verbose.stderr[-3000:]
     assert any(line in verbose.stderr for line in NATIVE_LOG_LINES), "-v shows the native logs"
+
+
+def test_synth_refuses_head_motion_slower_than_its_slowest_component(tmp_path: Path, capsys) -> None:
+    assert main(["synth", "--out", str(tmp_path / "s"), "--clips", "1", "--motion-hz", "0.05"]) == 2
+    assert "--motion-hz > 0.05" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists(), "nothing written"

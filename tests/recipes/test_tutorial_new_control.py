@@ -110,6 +110,10 @@ def test_missing_plugin_and_bad_sizes_are_clear_errors(tmp_path: Path, monkeypat
         tut.run_tutorial(tut.quick_config(tmp_path))
     with pytest.raises(ConfigError, match="finetune_steps"):
         tut.quick_config(tmp_path, finetune_steps=0)
+    with pytest.raises(ConfigError, match="motion_hz must be > 0.05"):
+        tut.quick_config(tmp_path, motion_hz=0.05)
+    with pytest.raises(ConfigError, match="finetune_keep must be >= 0"):
+        tut.quick_config(tmp_path, finetune_keep=-1.0)
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         tut.main(["--out", str(tmp_path), "--set", "nonsense=1"])
 
