@@ -324,6 +324,21 @@ def closed_in_pauses(read_mouth: np.ndarray, vad: np.ndarray, true_opening: np.n
     return float((read_mouth[pause] < CLOSED_OPENING).mean())
 
 
+def truth_controls(item: dict[str, Any], frames: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """A held-out item's signals ``{name: (T, D)}`` over ``frames`` and the truth the probe's
+    readings are scored against (:func:`~eartalk.metrics.probe.reading_errors`: blink, gaze,
+    emotion index, true mouth opening)."""
+    sig = {n: s[:frames].numpy() for n, s in item["signals"].items()}
+    truth = {"blink": sig["blink"], "gaze": sig["gaze"], "emotion": sig["emotion"][:, 0],
+             "mouth": item["extras"]["mouth"][:frames, 0].numpy()}
+    return sig, truth
+
+
+def drive_yaw_error(read: dict[str, np.ndarray], sig: dict[str, np.ndarray]) -> float:
+    """Mean absolute error (degrees) of the probe-read yaw against the truth's own yaw."""
+    return float(np.abs(read["head_pose"][:, 0] - sig["head_pose"][:, 0]).mean())
+
+
 def measure(model: Any, items: list[dict[str, Any]], probe: Any, frames: int, label: str, seed: int = 0,
             progress: bool = True) -> dict[str, Any]:
     """Stream every held-out item in the four study streams and compute the study's figures."""
@@ -345,16 +360,15 @@ def measure(model: Any, items: list[dict[str, Any]], probe: Any, frames: int, la
         l1s.append(l1)
         psnrs.append(psnr)
         reads = {s: probe.read(video[k, i]) for i, s in enumerate(STREAMS)}
-        true_mouth = item["extras"]["mouth"][:frames, 0].numpy()
-        sig = {n: s[:frames].numpy() for n, s in item["signals"].items()}
-        truth_controls = {"blink": sig["blink"], "gaze": sig["gaze"], "emotion": sig["emotion"][:, 0], "mouth": true_mouth}
-        drive = reading_errors(reads["drive"], truth_controls)
-        nocontrol = reading_errors(reads["nocontrol"], truth_controls)
+        sig, truth_read = truth_controls(item, frames)
+        true_mouth = truth_read["mouth"]
+        drive = reading_errors(reads["drive"], truth_read)
+        nocontrol = reading_errors(reads["nocontrol"], truth_read)
         static = probe.read(truth[:1].expand(frames, -1, -1, -1))
         rows.append({
             "yaw_mae_deg": float(np.abs(reads["sweep"]["head_pose"][:, 0] - sweep).mean()),
             "yaw_mae_deg_nocontrol": float(np.abs(reads["nocontrol"]["head_pose"][:, 0] - sweep).mean()),
-            "yaw_mae_deg_drive": float(np.abs(reads["drive"]["head_pose"][:, 0] - sig["head_pose"][:, 0]).mean()),
+            "yaw_mae_deg_drive": drive_yaw_error(reads["drive"], sig),
             "blink_f1": drive["blink_f1"], "blink_f1_nocontrol": nocontrol["blink_f1"],
             "gaze_error": drive["gaze_error"], "gaze_error_nocontrol": nocontrol["gaze_error"],
             "emotion_accuracy": drive["emotion_accuracy"], "emotion_accuracy_nocontrol": nocontrol["emotion_accuracy"],
@@ -398,14 +412,10 @@ def vae_floor(model: Any, items: list[dict[str, Any]], frames: int, probe: Any =
             psnrs.append(psnr.mean())
             if probe is None:
                 continue
-            sig = {n: s[:frames].numpy() for n, s in item["signals"].items()}
-            truth = {"blink": sig["blink"], "gaze": sig["gaze"], "emotion": sig["emotion"][:, 0],
-                     "mouth": item["extras"]["mouth"][:frames, 0].numpy()}
+            sig, truth = truth_controls(item, frames)
             for name, video in (("vae", recon), ("truth", clip)):
                 read = probe.read(to_uint8(video))
-                row = reading_errors(read, truth)
-                row["yaw_mae_deg_drive"] = float(np.abs(read["head_pose"][:, 0] - sig["head_pose"][:, 0]).mean())
-                reads[name].append(row)
+                reads[name].append({**reading_errors(read, truth), "yaw_mae_deg_drive": drive_yaw_error(read, sig)})
     out = {"vae_l1": float(np.mean(l1s)), "vae_psnr_db": float(np.mean(psnrs))}
     for name, rows in reads.items():
         for key in (rows[0] if rows else ()):
@@ -504,6 +514,11 @@ TARGETS = {"drift_l1_late_over_early": ("<=", 1.25), "psnr_late_db": (">=", 22.0
            "mouth_corr_shuffled": ("<=", 0.2)}
 
 
+#: The baseline each control figure is read against (report.md's baseline column).
+BASELINES = {"yaw_mae_deg": "yaw_mae_deg_nocontrol", "blink_f1": "blink_f1_nocontrol",
+             "emotion_accuracy": "emotion_accuracy_nocontrol", "mouth_corr": "mouth_corr_shuffled"}
+
+
 def vae_ceiling_lines(report: dict[str, Any]) -> list[str]:
     """Markdown table of the probe figures on true frames and on their VAE reconstructions (:func:`vae_floor`)."""
     ceiling = [k for k in ("blink_f1", "emotion_accuracy", "mouth_corr", "gaze_error", "yaw_mae_deg_drive")
@@ -533,11 +548,9 @@ def write_markdown(path: Path, report: dict[str, Any]) -> Path:
               f"({report['eval_frames'] / VIDEO_FPS:.0f} s), held-out speech", "",
               "## Headline (main model; control figures from the synthetic probe, fidelity: proxy)", "",
               "| measure | value | baseline | target | met |", "|---|---|---|---|---|"]
-    baselines = {"yaw_mae_deg": "yaw_mae_deg_nocontrol", "blink_f1": "blink_f1_nocontrol",
-                 "emotion_accuracy": "emotion_accuracy_nocontrol", "mouth_corr": "mouth_corr_shuffled"}
     for key in (*REPORT_KEYS, "gaze_error", "mouth_closed_in_pauses", "l1_early", "l1_late"):
         value = report.get(key)
-        base = report.get(baselines.get(key, ""), "")
+        base = report.get(BASELINES.get(key, ""), "")
         op, target = TARGETS.get(key, ("", None))
         met = ""
         if target is not None and isinstance(value, float) and not math.isnan(value):

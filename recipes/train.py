@@ -266,6 +266,10 @@ if L is not None:
                     rows[self.model.stack.names.index(name)] = 1.0
                 self.model.stack.type_embedding.register_hook(lambda grad: grad * rows.to(grad))
 
+        def on_fit_start(self) -> None:
+            for teacher in self._teacher:  # not a submodule: Lightning does not move it
+                teacher.to(self.device)
+
         def lr_scale(self, name: str) -> float:
             if self.cfg.finetune.base == "lower_lr" and name in self._base_params:
                 return float(self.cfg.finetune.base_lr_scale)
@@ -277,7 +281,7 @@ if L is not None:
             tokens, ref_tokens = self.model.batch_tokens(batch)  # encoded once for both losses
             batch = {**batch, "tokens": tokens, "reference_tokens": ref_tokens}
             out = self.model.loss(batch)
-            teacher = self._teacher[0].to(batch["frames"].device)
+            teacher = self._teacher[0]
             keep = self.model.keep_loss(batch, teacher)
             if self.training and self._replay_seen == 0:
                 self._replay_seen += int(self.model.replay_clips(batch, set(teacher.stack.names)).sum())

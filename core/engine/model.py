@@ -235,9 +235,12 @@ class EarTalkModel(nn.Module):
         loss = self.decoder.loss(z.flatten(0, 1), self.to_target(targets, ref_tokens).flatten(0, 1))
         return {"loss": loss}
 
-    def replay_clips(self, batch: Mapping[str, Any], old: set[str] | list[str]) -> torch.Tensor:
-        """``(B,)`` bool: the clips whose data carry none of this stack's plugins outside ``old``."""
-        _, present = self.batch_conditions(batch, dropout=False)
+    def replay_clips(self, batch: Mapping[str, Any], old: set[str] | list[str],
+                     present: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """``(B,)`` bool: the clips whose data carry none of this stack's plugins outside ``old``
+        (``present``: the batch's presence before dropout, when already computed)."""
+        if present is None:
+            present = self.batch_conditions(batch, dropout=False)[1]
         replay = torch.ones(batch["frames"].shape[0], dtype=torch.bool, device=batch["frames"].device)
         for name, mask in present.items():
             if name not in old:
@@ -270,7 +273,7 @@ class EarTalkModel(nn.Module):
             raise ValueError(f"keep_loss: the teacher's plugins {missing} are not in this model's stack {self.stack.names}")
         old = set(teacher.stack.names)
         signals, present = self.batch_conditions(batch, dropout=False)
-        replay = self.replay_clips(batch, old)
+        replay = self.replay_clips(batch, old, present)
         if not replay.any():
             return batch["frames"].new_zeros(())
         tokens, ref_tokens = (x[replay] for x in self.batch_tokens(batch))
