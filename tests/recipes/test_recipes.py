@@ -258,6 +258,15 @@ def test_generate_cli_writes_controlled_video(model_run: Path, real_dir: Path, l
     assert not (tmp_path / "y.mp4").exists(), "nothing is written when the input is bad"
 
 
+def test_cfg_separate_parsing() -> None:
+    from eartalk.recipes.commands import parse_scales
+
+    assert parse_scales(["brightness=2", " emotion = 0.5"]) == {"brightness": 2.0, "emotion": 0.5}
+    for bad in ("brightness", "brightness=x", "=2"):
+        with pytest.raises(ConfigError, match=f"--cfg-separate '{bad}': expected NAME=SCALE"):
+            parse_scales([bad])
+
+
 def test_control_parsing() -> None:
     from eartalk.recipes.generate import parse_control
 
@@ -312,13 +321,17 @@ def _keep_gap(model, base, batches) -> float:
         return float(sum(model.keep_loss(b, base) for b in batches) / len(batches))
 
 
-def test_finetune_keep_loss_keeps_the_old_stack(synth_data: Path, vae_run: Path, model_run: Path, tmp_path: Path) -> None:
+def test_finetune_keep_loss_keeps_the_old_stack(synth_data: Path, vae_run: Path, model_run: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """finetune.keep: adding a plugin and training everything at a high learning rate moves the old
     stack's output away from the checkpoint's; the keep loss holds it closer (same steps and seed).
-    The new plugin (`expression`) is absent from these clips (no face track), so every clip is a
-    replay clip for the keep loss."""
+    The new plugin (`expression`) is absent from these clips (no stored face track, and no
+    landmarker to compute one: CI sets one, so it is unset here), so every clip is a replay clip."""
+    from eartalk.core.media.face import ENV_VAR
     from eartalk.recipes.common import make_datamodule
     from eartalk.recipes.train import EarTalkModule
+
+    monkeypatch.delenv(ENV_VAR, raising=False)
 
     start = str(model_run / "checkpoints" / "last.ckpt")
     base = load_trained(start)
@@ -338,6 +351,7 @@ def test_finetune_keep_loss_keeps_the_old_stack(synth_data: Path, vae_run: Path,
     dm = make_datamodule(cfg, runs[0.0].stack)
     dm.setup("fit")
     batches = [b for b, _ in zip(dm.train_dataloader(), range(3), strict=False)]
+    assert all(runs[0.0].replay_clips(b, base.stack.names).all() for b in batches), "every clip is a replay clip"
     assert _keep_gap(base, base, batches) == 0.0, "a model against itself has no gap"
     free, kept = _keep_gap(runs[0.0], base, batches), _keep_gap(runs[4.0], base, batches)
     assert kept < 0.5 * free, f"keep loss did not hold the old stack: gap {kept:.4f} with keep vs {free:.4f} without"
