@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from eartalk.core.commands import Command, load_recipe_config
+from eartalk.core.errors import ConfigError
 
 
 class TrainCommand(Command):
@@ -34,8 +35,6 @@ class TrainCommand(Command):
             print(json.dumps(report, default=str) if args.json else format_report(report))
             return 0
         if args.json or args.estimate_only:
-            from eartalk.core.errors import ConfigError
-
             raise ConfigError("--json and --estimate-only go with --dry-run")
         result = recipe_cls().run(config, args.overrides)
         print(f"{recipe_cls.name}: done -> {result}")
@@ -68,6 +67,10 @@ class GenerateCommand(Command):
                             help=f"diffusion steps D per token (default: the checkpoint's; {defaults.denoise_steps})")
         parser.add_argument("--cfg", type=float,
                             help=f"classifier-free guidance scale, 1 = none (default: the checkpoint's; {defaults.cfg})")
+        parser.add_argument("--cfg-separate", action="append", default=[], metavar="NAME=SCALE",
+                            help="guide control NAME with a scale of its own (repeatable; sampling.cfg_separate): "
+                                 "e.g. --cfg-separate brightness=2 follows a fine-tuned control gently while the "
+                                 "others keep --cfg (default: the checkpoint's)")
         parser.add_argument("--temperature", type=float,
                             help=f"sampling temperature (default: the checkpoint's; {defaults.temperature})")
         parser.add_argument("--seed", type=int, default=0, help="sampling seed")
@@ -98,6 +101,8 @@ class GenerateCommand(Command):
         for key, value in (("steps", args.steps), ("denoise_steps", args.denoise), ("cfg", args.cfg), ("temperature", args.temperature)):
             if value is not None:
                 sampling[key] = value
+        if args.cfg_separate:
+            sampling["cfg_separate"] = parse_scales(args.cfg_separate)
         from eartalk.recipes.generate import parse_past_end
 
         path = generate_video(args.checkpoint, args.portrait, args.audio, args.out, args.control, args.frames, sampling,
@@ -105,6 +110,20 @@ class GenerateCommand(Command):
                               precision=args.precision)
         print(f"wrote {path}")
         return 0
+
+
+def parse_scales(pairs: list[str]) -> dict[str, float]:
+    """``["brightness=2"]`` -> ``{"brightness": 2.0}`` (``--cfg-separate``)."""
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise ConfigError(f"--cfg-separate {pair!r}: expected NAME=SCALE, e.g. --cfg-separate brightness=2")
+    return out
 
 
 class DemoCommand(Command):

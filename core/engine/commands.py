@@ -20,7 +20,8 @@ def _names(text: str | None) -> list[str] | None:
 
 
 def _arch_overrides(items: list[str] | None) -> dict[str, Any]:
-    """``["window=12", "sampling.cfg=3"]`` -> ``{"window": 12, "sampling": {"cfg": 3}}`` (YAML scalars)."""
+    """``["window=12", "sampling.cfg=3"]`` -> ``{"window": 12, "sampling": {"cfg": 3}}`` (YAML values;
+    dots nest: ``sampling.cfg_separate.head_pose=2``)."""
     import yaml
 
     from eartalk.core.errors import ConfigError
@@ -30,11 +31,13 @@ def _arch_overrides(items: list[str] | None) -> dict[str, Any]:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--arch {item!r}: expected KEY=VALUE, e.g. --arch window=12")
-        value = yaml.safe_load(text)
-        if key.startswith("sampling."):
-            out.setdefault("sampling", {})[key.split(".", 1)[1]] = value
-        else:
-            out[key] = value
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--arch {item!r}: {part!r} was given a value and cannot also have fields")
+        node[leaf] = yaml.safe_load(text)
     return out
 
 
@@ -85,7 +88,8 @@ class ModelCommand(Command):
         for key in ("resolution", "tokens_per_frame", "token_dim", "slots", "block_tokens", "window", "period"):
             table.add_row(key.replace("_", " "), str(info[key]))
         s = info["sampling"]
-        table.add_row("sampling", f"K={s['steps']} D={s['denoise_steps']} cfg={s['cfg']} T={s['temperature']}")
+        separate = "".join(f" {n}:{v:g}" for n, v in s["cfg_separate"].items())
+        table.add_row("sampling", f"K={s['steps']} D={s['denoise_steps']} cfg={s['cfg']}{separate} T={s['temperature']}")
         table.add_row("GFLOPs per frame", f"{info['flops_per_frame'] / 1e9:,.2f}")
         for part, flops in info["flops_per_frame_parts"].items():
             table.add_row(f"  {part}", f"{flops / 1e9:,.2f}")

@@ -20,6 +20,7 @@ Diffusion choices (ours, configurable in ``ModelArch``): 1000 training steps, co
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -225,6 +226,17 @@ def truncated_normal(
     return (mean + std * torch.special.ndtri(u)).clamp(low, high)
 
 
+def combine_guidance(outs: Sequence[torch.Tensor], scales: Sequence[float]) -> torch.Tensor:
+    """Classifier-free guidance over branches ``outs = (b_K, ..., b_0, u)`` with scales
+    ``(g, s_1..s_K)``: ``u + g (b_0 - u) + sum_k s_k (b_k - b_{k-1})`` (``K = 0``: plain CFG)."""
+    *branches, u = outs
+    branches = branches[::-1]  # b_0 .. b_K
+    out = u + scales[0] * (branches[0] - u)
+    for k in range(1, len(branches)):
+        out = out + scales[k] * (branches[k] - branches[k - 1])
+    return out
+
+
 class MARDecoder(nn.Module):
     """Masked autoregressive decoder of one frame's tokens, with a diffusion head.
 
@@ -351,23 +363,34 @@ class MARDecoder(nn.Module):
         temperature: float = 1.0,
         eta: float = 0.0,
         generator: torch.Generator | None = None,
+        separate: Sequence[float] = (),
     ) -> torch.Tensor:
         """Generate the tokens of one frame.
 
         Args:
-            z: ``(B, N, Dz)`` conditional context.
-            z_null: ``(B, N, Dz)`` null-condition context for CFG (None or ``cfg == 1``: no guidance).
+            z: ``(B, N, Dz)`` conditional context (every control given).
+            z_null: ``(G * B, N, Dz)`` the other guidance branches (None, or ``cfg == 1`` and no
+                ``separate``: no guidance): the null-condition context (``G = 1``) or, with
+                ``separate`` scales ``s_1..s_K``, the contexts ``b_{K-1}, ..., b_0, u`` (``G = K + 1``;
+                ``z`` is ``b_K``): see :attr:`SamplingConfig.cfg_separate`.
             steps: K unmasking steps (cosine schedule, random order).
             denoise_steps: D DDIM steps per token.
-            cfg, cfg_schedule: guidance scale, constant or growing linearly with known tokens.
+            cfg, cfg_schedule: guidance scale, constant or growing linearly with known tokens
+                (the ``separate`` scales follow the same schedule).
             temperature, eta: diffusion sampler noise.
             generator: random generator (order and noise).
+            separate: guidance scales of the separately guided controls, in their order.
 
         Returns:
             ``(B, N, c)`` tokens.
         """
         b, n, device = z.shape[0], self.num_tokens, z.device
-        guided = z_null is not None and cfg != 1.0
+        separate = [float(x) for x in separate]
+        guided = z_null is not None and (cfg != 1.0 or any(x != 1.0 for x in separate))
+        reps = 2 + len(separate) if guided else 1
+        if guided and z_null.shape[0] != (reps - 1) * b:
+            raise ValueError(f"MARDecoder.sample: {len(separate)} separate scale(s) need {reps - 1} x {b} rows in z_null, "
+                             f"got {z_null.shape[0]}")
         steps = max(1, min(steps, n))
         tokens = torch.zeros(b, n, self.token_dim, device=device, dtype=z.dtype)
         order = torch.rand(b, n, generator=generator, device=_gen_device(generator), dtype=torch.float32).argsort(dim=1).to(device)  # (B, N)
@@ -379,18 +402,18 @@ class MARDecoder(nn.Module):
             masked_next = 0 if k == steps - 1 else max(1, min(n - known_count - 1, cosine_mask_len(n, k, steps)))
             idx = order[:, known_count : n - masked_next]  # (B, m) tokens decided at this step
             m = idx.shape[1]
-            reps = 2 if guided else 1
             ctx = self.context(zz, tokens.repeat(reps, 1, 1), known.repeat(reps, 1))  # (reps * B, N, W)
             ctx = torch.gather(ctx, 1, idx.repeat(reps, 1)[..., None].expand(-1, -1, ctx.shape[-1]))  # (reps*B, m, W)
             cond = self.head.cond_in(ctx.reshape(reps * b * m, -1))  # (reps*B*m, Wh), once per token
-            scale = cfg if cfg_schedule == "constant" else 1.0 + (cfg - 1.0) * (n - masked_next) / n
+            frac = 1.0 if cfg_schedule == "constant" else (n - masked_next) / n
+            scales = [1.0 + (x - 1.0) * frac for x in (cfg, *separate)]  # g, s_1..s_K at this step
 
-            def model(x: torch.Tensor, t: torch.Tensor, cond=cond, scale=scale) -> torch.Tensor:
+            def model(x: torch.Tensor, t: torch.Tensor, cond=cond, scales=scales) -> torch.Tensor:
                 c = cond + self.head.time_embed(t[:1])  # every token shares the timestep
                 if not guided:
                     return self.head.denoise(x, c)
-                out_c, out_u = self.head.denoise(torch.cat([x, x]), c).chunk(2)
-                return out_u + scale * (out_c - out_u)
+                outs = self.head.denoise(x.repeat(reps, 1), c).chunk(reps)  # b_K, ..., b_0, u
+                return combine_guidance(outs, scales)
 
             new = self.diffusion.sample(model, (b * m, self.token_dim), denoise_steps, temperature, eta, generator, device)
             tokens.scatter_(1, idx[..., None].expand(-1, -1, self.token_dim), new.view(b, m, -1).to(tokens.dtype))

@@ -420,8 +420,8 @@ class EarTalkModel(nn.Module):
 
         Counts every matrix product and convolution the step runs: backbone block against the full
         window, K decoder passes, N * D diffusion-head calls, VAE decode of one frame; the backbone,
-        decoder and head are doubled when CFG runs the null branch. Condition tokenizers are not
-        counted (plugin-specific, small).
+        decoder and head run once per guidance branch (2 with CFG's null branch, one more per
+        ``cfg_separate`` control). Condition tokenizers are not counted (plugin-specific, small).
         """
         sampling = sampling or self.arch.sampling
         a = self.arch
@@ -441,7 +441,7 @@ class EarTalkModel(nn.Module):
         per_call = 2 * c * hw + a.head_depth * (2 * hw * 3 * hw + 4 * hw * hw) + 2 * hw * 2 * hw + 2 * hw * c
         head = n * (denoise * per_call + 2 * w * hw)  # denoising calls + one condition projection per token
         time_mlp = steps * denoise * 2 * (tdim * hw + hw * hw)  # one timestep embedding per denoising call
-        branches = 2 if sampling.cfg != 1.0 else 1
+        branches = 2 + len(sampling.cfg_separate) if sampling.guided else 1
         vae = vae_decode_flops(a)
         out = {
             "backbone": branches * backbone,

@@ -30,6 +30,15 @@ DEFAULT_CONDITIONS: tuple[str, ...] = (
 )
 
 
+def _scales(value: Any) -> dict[str, float]:
+    """``{name: scale}`` from a mapping (YAML, a checkpoint's arch) or ``(name, scale)`` pairs."""
+    try:
+        return {str(k): float(x) for k, x in dict(value).items()}
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"sampling.cfg_separate must map control names to guidance scales, e.g. "
+                          f"{{brightness: 2.0}}; got {value!r}") from err
+
+
 @attrs.frozen
 class SamplingConfig:
     """How frames are sampled (per session; every field can be overridden per call).
@@ -42,6 +51,14 @@ class SamplingConfig:
             more tokens of the frame are known).
         cfg_keep: controls kept in the null branch (e.g. ``("audio",)`` for audio-only CFG);
             empty = the all-null stack.
+        cfg_separate: controls guided with a scale of their own, ``{name: scale}`` (compositional
+            guidance, as InstructPix2Pix guides its image and text separately). With controls
+            ``c_1..c_K`` in this order the sampler runs ``K + 2`` branches: ``u`` (null, as
+            ``cfg_keep`` says), ``b_0`` (every control but the separate ones) and ``b_k`` (``b_0``
+            plus ``c_1..c_k``), and uses ``u + cfg (b_0 - u) + sum_k s_k (b_k - b_{k-1})``. A
+            control added by a fine-tune can so be followed at a small scale while the old ones keep
+            the guidance they were trained with (docs/tutorial-new-control.md). Empty: one guidance
+            scale for all (two branches). A separate control that is unset on a frame adds nothing.
         temperature: scales the initial noise and the per-step noise of the diffusion sampler.
         eta: DDIM stochasticity (0 = deterministic DDIM, 1 = DDPM-like ancestral steps).
         seed: seed of the session's random generator (order of unmasking, diffusion noise).
@@ -52,6 +69,7 @@ class SamplingConfig:
     cfg: float = 2.0
     cfg_schedule: str = "constant"
     cfg_keep: tuple[str, ...] = ()
+    cfg_separate: dict[str, float] = attrs.field(factory=dict, converter=_scales)
     temperature: float = 1.0
     eta: float = 0.0
     seed: int = 0
@@ -66,6 +84,18 @@ class SamplingConfig:
             )
         if self.cfg_schedule not in ("constant", "linear"):
             raise ConfigError(f"sampling.cfg_schedule must be 'constant' or 'linear', got {self.cfg_schedule!r}")
+        bad = {n: s for n, s in self.cfg_separate.items() if not s >= 0}
+        if bad:
+            raise ConfigError(f"sampling.cfg_separate: guidance scales must be >= 0, got {bad}")
+        both = sorted(set(self.cfg_separate) & set(self.cfg_keep))
+        if both:
+            raise ConfigError(f"sampling: {both} are in both cfg_keep (kept in the null branch) and cfg_separate "
+                              "(guided on their own); name each control in one of them")
+
+    @property
+    def guided(self) -> bool:
+        """Whether any guidance branch is needed (a scale other than 1)."""
+        return self.cfg != 1.0 or any(s != 1.0 for s in self.cfg_separate.values())
 
 
 @attrs.frozen

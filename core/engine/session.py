@@ -75,13 +75,15 @@ class StreamingSession:
         self.use_cache = use_cache
         self.timeline = ControlTimeline(model.stack)
         self.batch = int(reference.shape[0])
-        self.guided = sampling.cfg != 1.0
-        self.branches = 2 if self.guided else 1
+        self.guided = sampling.guided
+        self.separate = list(sampling.cfg_separate) if self.guided else []  # separately guided, in order
+        self.branches = 2 + len(self.separate) if self.guided else 1
         param = next(model.backbone.parameters())
         self.device, self.dtype = param.device, param.dtype
-        unknown = set(sampling.cfg_keep) - set(model.stack.names)
-        if unknown:
-            raise InputError(f"sampling.cfg_keep names conditions not in the stack: {sorted(unknown)}; stack: {model.stack.names}")
+        for key in ("cfg_keep", "cfg_separate"):
+            unknown = set(getattr(sampling, key)) - set(model.stack.names)
+            if unknown:
+                raise InputError(f"sampling.{key} names conditions not in the stack: {sorted(unknown)}; stack: {model.stack.names}")
         self.generator = torch.Generator(device=self.device).manual_seed(int(sampling.seed))  # draws on the device
         with torch.no_grad():
             reference = reference.to(self.device, self.dtype)
@@ -125,16 +127,23 @@ class StreamingSession:
 
     @torch.no_grad()
     def condition_tokens(self, index: int, signals: Mapping[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Slots ``(B, K, Dc)`` of frame ``index`` and of its CFG null branch (None without guidance)."""
+        """Slots ``(B, K, Dc)`` of frame ``index`` and of its other guidance branches (None without
+        guidance): the CFG null branch ``(B, K, Dc)``, or with ``cfg_separate`` controls ``c_1..c_S``
+        the branches ``b_{S-1}, ..., b_0`` (``b_k``: every control but ``c_{k+1}..c_S``) and the
+        null one, ``((S + 1) * B, K, Dc)``."""
         rows = self.signals_at(index, signals)
         stack = self.model.stack
         to = {"device": self.device, "dtype": self.dtype}
         cond = stack({n: r[:, None].to(**to) for n, r in rows.items()})[:, 0]  # (B, K, Dc)
         if not self.guided:
             return cond, None
+        others = []
+        for k in range(len(self.separate) - 1, -1, -1):  # b_{S-1} .. b_0
+            given = {n: r[:, None].to(**to) for n, r in rows.items() if n not in self.separate[k:]}
+            others.append(stack(given, batch=self.batch, frames=1)[:, 0])
         keep = {n: rows[n][:, None].to(**to) for n in self.sampling.cfg_keep}
-        null = stack(keep, batch=self.batch, frames=1)[:, 0]  # (B, K, Dc)
-        return cond, null
+        others.append(stack(keep, batch=self.batch, frames=1)[:, 0])  # (B, K, Dc)
+        return cond, torch.cat(others)
 
     # -- generation ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -148,16 +157,17 @@ class StreamingSession:
         model, t = self.model, self.index + 1
         cond, null = self.condition_tokens(self.index, signals)
         if null is not None:
-            cond = torch.cat([cond, null])  # (2B, K, Dc)
+            cond = torch.cat([cond, null])  # (branches * B, K, Dc)
         prev = self.prev_tokens.repeat(self.branches, 1, 1)  # (branches * B, N, c)
         if self.use_cache:
             z = model.backbone.step(cond, prev, t, self.cache, self.mods)  # (branches * B, N, D)
         else:
             z = self._recompute_window(cond, prev, t)
         s = self.sampling
-        z_cond, z_null = (z.chunk(2) if self.guided else (z, None))
+        z_cond, z_null = (z[: self.batch], z[self.batch :]) if self.guided else (z, None)
         tokens = model.decoder.sample(
-            z_cond, z_null, s.steps, s.denoise_steps, s.cfg, s.cfg_schedule, s.temperature, s.eta, self.generator
+            z_cond, z_null, s.steps, s.denoise_steps, s.cfg, s.cfg_schedule, s.temperature, s.eta, self.generator,
+            separate=[s.cfg_separate[n] for n in self.separate],
         )  # (B, N, c)
         tokens = model.from_target(tokens, self.ref_tokens)
         latents = model.tokens_to_latents(tokens[:, None])[:, 0]  # (B, C, h, w)

@@ -82,10 +82,28 @@ def test_plain_share_and_matched_motion_reach_the_finetuning_clips(tmp_path: Pat
 def test_unguided_new_control_joins_the_trained_null_branch(tmp_path: Path) -> None:
     from eartalk.core.engine.presets import get_arch
 
-    assert tut.finetune_arch(tut.quick_config(tmp_path)) == {}  # default: guided like the old conditions
-    arch = get_arch("tiny", **tut.finetune_arch(tut.quick_config(tmp_path, guide_new_control=False)))
+    assert tut.finetune_arch(tut.quick_config(tmp_path, new_control_cfg=None)) == {}  # one scale for all
+    arch = get_arch("tiny", **tut.finetune_arch(tut.quick_config(tmp_path, guide_new_control=False, new_control_cfg=None)))
     assert arch.sampling.cfg_keep == ("brightness",) and arch.drop_keep == ("brightness",)
     assert arch.drop_null_prob == 0.0 and arch.drop_keep_prob > 0  # the branch sampling runs is the one trained
+
+
+def test_new_control_gets_a_guidance_scale_of_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from eartalk.core.engine.presets import get_arch
+
+    cfg = tut.quick_config(tmp_path)
+    assert cfg.new_control_cfg == 2.5, "the default (measured in docs/tutorial-new-control.md)"
+    arch = get_arch("tiny", **tut.finetune_arch(cfg))  # stored in the fine-tuned checkpoint's sampling defaults
+    assert arch.sampling.cfg_separate == {"brightness": 2.5} and arch.sampling.cfg == get_arch("tiny").sampling.cfg
+    with pytest.raises(ConfigError, match="new_control_cfg must be >= 0 and needs guide_new_control=true"):
+        tut.quick_config(tmp_path, guide_new_control=False)
+    with pytest.raises(ConfigError, match="new_control_cfg takes a float or none"):
+        tut.main(["--out", str(tmp_path), "--set", "new_control_cfg=strong"])
+    seen = []
+    printed = ("pearson_before", "pearson_after", "mae_before", "mae_after", "no_forgetting", "finetune_s")
+    monkeypatch.setattr(tut, "run_tutorial", lambda c: seen.append(c) or dict.fromkeys(printed, 0))
+    assert tut.main(["--out", str(tmp_path), "--quick", "--set", "new_control_cfg=none"]) == 0
+    assert seen[0].new_control_cfg is None and tut.finetune_arch(seen[0]) == {}
 
 
 def test_ten_percent_rule_reads_the_direction_of_each_figure() -> None:

@@ -69,6 +69,13 @@ def test_model_info_table_and_errors(toy_registry, capsys):
         "--arch", "window=6", "--arch", "period=12", "--arch", "sampling.cfg=1.0",
     )
     assert info["window"] == 6 and info["period"] == 12 and info["sampling"]["cfg"] == 1.0
+    # dots nest: a control guided on its own adds a third branch to the guided work
+    plain = run_json(capsys, "model", "info", "--preset", "tiny", "--conditions", "toy", "--json")
+    separate = run_json(capsys, "model", "info", "--preset", "tiny", "--conditions", "toy", "--json",
+                        "--arch", "sampling.cfg_separate.toy=2")
+    assert separate["sampling"]["cfg_separate"] == {"toy": 2.0}
+    guided = {k: v for k, v in plain["flops_per_frame_parts"].items() if k in ("backbone", "decoder")}
+    assert {k: separate["flops_per_frame_parts"][k] for k in guided} == {k: v * 3 // 2 for k, v in guided.items()}
     assert main(["model", "info", "--preset", "tiny", "--conditions", "toy", "--arch", "windw=6"]) == 2
     assert "did you mean 'window'" in capsys.readouterr().err
 

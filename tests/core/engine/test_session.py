@@ -9,7 +9,7 @@ import torch
 
 from eartalk.core.engine.model import EarTalkModel
 from eartalk.core.engine.presets import get_arch
-from eartalk.core.errors import InputError
+from eartalk.core.errors import ConfigError, InputError
 
 
 def activate(model: EarTalkModel, seed: int = 0) -> EarTalkModel:
@@ -135,6 +135,35 @@ def test_session_guidance_pushes_from_the_null_branch_to_the_conditions(model, r
         torch.testing.assert_close(first(scale), null + scale * (cond - null), atol=1e-4, rtol=1e-4)
 
 
+def test_separate_guidance_scales_each_control_on_its_own(model, reference):
+    """``cfg_separate``: with one MAR step, one DDIM step and no noise frame 0 is linear in the head
+    output, so the guided frame must be ``u + g (b0 - u) + s (b1 - b0)`` of three unguided sessions
+    (u: nothing set; b0: every control but the separate one; b1: every control). Catches the
+    branches batched in the wrong order or the scales swapped."""
+    toy, audio = torch.tensor([1.0, -1.0, 0.5]), torch.tensor([0.3, -0.7, 1.0, 0.2])
+    kw = dict(steps=1, denoise_steps=1, temperature=0.0, seed=0)
+
+    def first(controls: tuple[str, ...] = ("toy", "toy_audio"), **sampling):
+        session = model.session(reference, **kw, **sampling)
+        for name, value in (("toy", toy), ("toy_audio", audio)):
+            if name in controls:
+                session.set_control(name, value)
+        return session.step().latents
+
+    b1, b0, u = first(cfg=1.0), first(("toy_audio",), cfg=1.0), first((), cfg=1.0)
+    assert not torch.allclose(b1, b0) and not torch.allclose(b0, u)
+    for g, s in ((3.0, 1.0), (3.0, 0.0), (0.5, 4.0)):
+        torch.testing.assert_close(first(cfg=g, cfg_separate={"toy": s}), u + g * (b0 - u) + s * (b1 - b0),
+                                   atol=1e-4, rtol=1e-4)
+    # the same scale for both is plain CFG; a separate control that is unset adds nothing
+    torch.testing.assert_close(first(cfg=3.0, cfg_separate={"toy": 3.0}), first(cfg=3.0), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(first(("toy_audio",), cfg=3.0, cfg_separate={"toy": 0.0}),
+                               first(("toy_audio",), cfg=3.0), atol=1e-4, rtol=1e-4)
+    # two separate controls, b_k adds them in the given order (b0 is then u: g has nothing to scale)
+    both = first(cfg=2.0, cfg_separate={"toy_audio": 3.0, "toy": 0.5})
+    torch.testing.assert_close(both, u + 3.0 * (b0 - u) + 0.5 * (b1 - b0), atol=1e-4, rtol=1e-4)
+
+
 def test_bad_inputs_are_reported(model):
     with pytest.raises(InputError, match="64x64"):
         model.session(torch.zeros(3, 32, 32))
@@ -143,6 +172,12 @@ def test_bad_inputs_are_reported(model):
         session.step({"toy": torch.zeros(5)})
     with pytest.raises(InputError, match="cfg_keep"):
         model.session(torch.zeros(3, 64, 64), cfg_keep=("nope",))
+    with pytest.raises(InputError, match=r"cfg_separate names conditions not in the stack: \['nope'\]"):
+        model.session(torch.zeros(3, 64, 64), cfg_separate={"nope": 2.0})
+    with pytest.raises(ConfigError, match="in both cfg_keep .* and cfg_separate"):
+        model.session(torch.zeros(3, 64, 64), cfg_keep=("toy",), cfg_separate={"toy": 2.0})
+    with pytest.raises(ConfigError, match="must be >= 0"):
+        model.session(torch.zeros(3, 64, 64), cfg_separate={"toy": float("nan")})
 
 
 def _rss_mb() -> float:
