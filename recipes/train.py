@@ -55,8 +55,9 @@ class FinetuneConfig:
         reinit: plugins to start fresh although the checkpoint has them (needed when a plugin's
             options or ``signal_dim`` changed; without it that is an error).
         keep: weight of the keep loss (learning without forgetting, :meth:`EarTalkModel.keep_loss`):
-            on the replay clips of each batch (clips whose data carry none of the new plugins), the
-            model's denoiser output with the new plugins null is pulled toward the loaded
+            on the replay clips of each batch (clips whose data carry none of the new plugins:
+            the model's new plugins null; or clips whose manifest metadata says ``replay: true``:
+            their new plugins as given), the model's denoiser output is pulled toward the loaded
             checkpoint's (kept frozen beside it), so the old stack keeps its behaviour while the
             new plugins learn on the other clips. 0 (default): off.
     """
@@ -289,7 +290,7 @@ if L is not None:
                 if self._keep_batches == KEEP_WARN_BATCHES and self._replay_seen == 0:
                     log.warning("finetune.keep: no replay clip in the first %d batches (every clip carries the new "
                                 "plugin(s) %s), so the keep loss is 0; store their signal as absent (NaN rows) on a "
-                                "share of plain clips", KEEP_WARN_BATCHES,
+                                "share of plain clips, or flag such clips replay: true in their manifest metadata", KEEP_WARN_BATCHES,
                                 sorted(set(self.model.stack.names) - set(teacher.stack.names)))
             return {"loss": out["loss"] + self.cfg.finetune.keep * keep, "diffusion": out["loss"], "keep": keep}
 

@@ -67,6 +67,13 @@ class TutorialConfig:
             (0: levels only; :func:`exposure_curve`).
         finetune_plain: share of the fine-tuning clips left at exposure 0 throughout (the old
             behaviour keeps being trained on the frames it was trained on).
+        finetune_replay: what the plain clips store as brightness: ``absent`` (NaN rows: the
+            model's null brightness learns "as the clip's own" on them, and the keep loss holds
+            that null branch to the base) or ``given`` (their own luma, computed from the frames
+            like the other clips', and flagged ``replay: true``: the keep loss then holds the
+            commanded branch to the base as well; the null brightness learns from condition
+            dropout only). Measured (docs/tutorial-new-control.md, run pg): ``given`` learns the
+            control far less (Pearson 0.43) and drifts where brightness is not set (+59 %).
         guide_new_control: True (default): the guidance's null branch drops the new control too
             (the base's all-null branch), so classifier-free guidance amplifies it like the old
             conditions; False: it stays in the null branch (``sampling.cfg_keep``, trained by the
@@ -109,6 +116,7 @@ class TutorialConfig:
     finetune_hold: tuple[int, int] = attrs.field(default=(1, 6), converter=lambda v: tuple(int(x) for x in v))
     finetune_walk: float = 0.0
     finetune_plain: float = 0.25
+    finetune_replay: str = "absent"
     guide_new_control: bool = True
     new_control_cfg: float | None = attrs.field(default=2.5, converter=attrs.converters.optional(float))
     finetune_base: str = "lower_lr"
@@ -138,6 +146,8 @@ class TutorialConfig:
                               f"guide_new_control={self.guide_new_control}")
         if not self.finetune_keep >= 0.0:
             raise ConfigError(f"tutorial: finetune_keep must be >= 0 (0: off), got {self.finetune_keep}")
+        if self.finetune_replay not in REPLAY_MODES:
+            raise ConfigError(f"tutorial: finetune_replay must be one of {REPLAY_MODES}, got {self.finetune_replay!r}")
         if not 0.0 <= self.finetune_plain < 1.0:
             raise ConfigError(f"tutorial: finetune_plain must be in [0, 1), got {self.finetune_plain}")
         if len(self.finetune_hold) != 2 or not 1 <= self.finetune_hold[0] <= self.finetune_hold[1]:
@@ -147,7 +157,8 @@ class TutorialConfig:
             raise ConfigError(f"tutorial: frames must be >= {2 * VIDEO_FPS // 5} (a sweep needs frames), got {self.frames}")
 
 
-OPTIONAL = ("new_control_cfg", "probe")  # fields `--set KEY=none` may clear
+OPTIONAL = ("new_control_cfg", "probe")
+REPLAY_MODES = ("absent", "given")  # what the plain fine-tuning clips store as the new control  # fields `--set KEY=none` may clear
 
 
 def quick_config(out: str | Path, **overrides: Any) -> TutorialConfig:
@@ -217,13 +228,14 @@ def sweep_exposure(frames: int) -> np.ndarray:
 
 def synthesize_varied(out: Path, clips: int, seconds: float, resolution: int, seed: int, progress: bool,
                       hold: tuple[int, int] = (1, 6), walk: float = 0.0, plain: float = 0.0,
-                      motion_hz: float = 0.4, emotion_segments: int = 1) -> Path:
+                      motion_hz: float = 0.4, emotion_segments: int = 1, replay_mode: str = "absent") -> Path:
     """Synthetic clips whose brightness follows :func:`exposure_curve` within each clip (the format ``prepare`` writes).
 
-    The first ``round(plain * clips)`` clips keep exposure 0 throughout and store no brightness
-    signal (absent, NaN rows), so they train the null brightness to mean "as the clip's own" and
-    are the replay clips of the keep loss (``finetune.keep``); the other clips store none either,
-    so the plugin computes it from their frames.
+    The first ``round(plain * clips)`` clips keep exposure 0 throughout and are the replay clips of
+    the keep loss (``finetune.keep``; flagged ``replay: true`` in their metadata). With
+    ``replay_mode="absent"`` they store no brightness signal (NaN rows), so they train the null
+    brightness to mean "as the clip's own"; with ``"given"`` they store none, like the other
+    clips, whose brightness the plugin computes from their frames.
     """
     from rich.progress import Progress
 
@@ -234,9 +246,9 @@ def synthesize_varied(out: Path, clips: int, seconds: float, resolution: int, se
     with DatasetWriter(out, resolution) as writer, Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("synthesising brightness-varied clips", total=clips)
         for i in range(clips):
-            clip_id = f"bright-{seed}-{i:05d}"
             curve = exposure_curve(int(round(seconds * VIDEO_FPS)), rng, hold, walk)
             replay = i < round(plain * clips)
+            clip_id = f"bright-{seed}-{i:05d}" + ("-given" if replay and replay_mode == "given" else "")
             if replay:
                 curve = np.zeros_like(curve)
             if not writer.has(clip_id):
@@ -244,7 +256,7 @@ def synthesize_varied(out: Path, clips: int, seconds: float, resolution: int, se
                                        motion_hz=motion_hz)
                 curve = np.resize(curve, clip.frames.shape[0])
                 signals, columns = clip.signals(), dict(SIGNAL_COLUMNS)
-                if replay:
+                if replay and replay_mode == "absent":
                     signals[CONTROL] = np.full((clip.frames.shape[0], 1), np.nan, np.float32)
                     columns[CONTROL] = [CONTROL]
                 writer.add(clip_id, apply_exposure(clip.frames, torch.from_numpy(curve)), clip.audio, face=None,
@@ -264,7 +276,7 @@ def finetune_arch(cfg: TutorialConfig) -> dict[str, Any]:
     from eartalk.core.engine.presets import PRESETS
 
     if cfg.guide_new_control:
-        return {"sampling": new_control_sampling(cfg)} if cfg.new_control_cfg is not None else {}
+        return {"sampling": new_control_sampling(cfg)} if cfg.new_control_cfg is not None else {}  # none: the preset's
     preset = PRESETS[cfg.preset]
     keep = [*preset.sampling.cfg_keep, CONTROL]
     return {"sampling": {"cfg_keep": keep}, "drop_keep": keep, "drop_null_prob": 0.0,
@@ -272,8 +284,9 @@ def finetune_arch(cfg: TutorialConfig) -> dict[str, Any]:
 
 
 def new_control_sampling(cfg: TutorialConfig) -> dict[str, Any]:
-    """Sampling overrides of the fine-tuned model: the new control's own guidance scale, if any."""
-    return {} if cfg.new_control_cfg is None else {"cfg_separate": {CONTROL: cfg.new_control_cfg}}
+    """Sampling overrides of the fine-tuned model: the new control's own guidance scale, or none
+    (one scale for all, whatever the checkpoint stored)."""
+    return {"cfg_separate": {} if cfg.new_control_cfg is None else {CONTROL: cfg.new_control_cfg}}
 
 
 def finetune(cfg: TutorialConfig, base: Path, vae: Path, data: Path, out: Path) -> Path:
@@ -495,7 +508,7 @@ def run_tutorial(cfg: TutorialConfig) -> dict[str, Any]:
                                progress=cfg.progress)
     varied = synthesize_varied(out / "data_brightness", cfg.finetune_clips, max(cfg.seconds, 2.0), resolution,
                                cfg.seed + 500, cfg.progress, cfg.finetune_hold, cfg.finetune_walk, cfg.finetune_plain,
-                               cfg.motion_hz, cfg.emotion_segments)
+                               cfg.motion_hz, cfg.emotion_segments, cfg.finetune_replay)
     holdout = synthesize_dataset(out / "holdout", clips=cfg.identities, seconds=cfg.frames / VIDEO_FPS,
                                  resolution=resolution, seed=cfg.seed + 1000, progress=cfg.progress)
     timings["synth_s"] = time.perf_counter() - start

@@ -237,14 +237,22 @@ class EarTalkModel(nn.Module):
 
     def replay_clips(self, batch: Mapping[str, Any], old: set[str] | list[str],
                      present: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """``(B,)`` bool: the clips whose data carry none of this stack's plugins outside ``old``
-        (``present``: the batch's presence before dropout, when already computed)."""
+        """``(B,)`` bool: the *replay clips* of the keep loss: clips whose data carry none of this
+        stack's plugins outside ``old``, and clips whose manifest metadata says ``replay: true``
+        (their new controls given as they are, e.g. a plain clip's own brightness: what the old
+        model does on them is right with the new control set too). ``present``: the batch's
+        presence before dropout, when already computed."""
         if present is None:
             present = self.batch_conditions(batch, dropout=False)[1]
-        replay = torch.ones(batch["frames"].shape[0], dtype=torch.bool, device=batch["frames"].device)
+        device = batch["frames"].device
+        replay = torch.ones(batch["frames"].shape[0], dtype=torch.bool, device=device)
         for name, mask in present.items():
             if name not in old:
                 replay &= ~mask.any(1)
+        metas = batch.get("meta") or []
+        flagged = [bool((m.get("metadata") or {}).get("replay") is True) for m in metas]
+        if len(flagged) == replay.shape[0]:
+            replay |= torch.tensor(flagged, dtype=torch.bool, device=device)
         return replay
 
     def keep_loss(self, batch: Mapping[str, Any], teacher: EarTalkModel) -> torch.Tensor:
@@ -256,6 +264,9 @@ class EarTalkModel(nn.Module):
         Only replay clips: on a clip that carries a new control (e.g. a brightness jump) the teacher
         would undo what the control did, and the null branch of classifier-free guidance would learn
         to undo it too, so that guidance then amplifies the whole control instead of its changes.
+        A replay clip flagged in its metadata keeps its new controls as given (and dropped as
+        training drops them): both the commanded and the null branch are then held to the teacher
+        on clips where the teacher is right.
         Both models see the true context (teacher forcing, no context noise, no rollout) and the
         same condition dropout (every guidance branch keeps its old output); their diffusion heads
         see the same masks, timesteps and noise (:meth:`MARDecoder.distill_loss`). The tokens come
@@ -277,13 +288,15 @@ class EarTalkModel(nn.Module):
         if not replay.any():
             return batch["frames"].new_zeros(())
         tokens, ref_tokens = (x[replay] for x in self.batch_tokens(batch))
-        signals = {n: s[replay] for n, s in signals.items() if n in old}
-        present = self.drop_conditions({n: m[replay] for n, m in present.items() if n in old})
+        signals = {n: s[replay] for n, s in signals.items()}
+        present = self.drop_conditions({n: m[replay] for n, m in present.items()})
+        old_signals = {n: s for n, s in signals.items() if n in old}
+        old_present = {n: m for n, m in present.items() if n in old}
         b, t = tokens.shape[:2]
         prev = torch.cat([ref_tokens[:, None], tokens[:, :-1]], dim=1)  # (B', T, N, c)
         z = self.backbone(ref_tokens, self.stack(signals, present, batch=b, frames=t), prev, noise=False)
         with torch.no_grad():
-            z_t = teacher.backbone(ref_tokens, teacher.stack(signals, present, batch=b, frames=t), prev, noise=False)
+            z_t = teacher.backbone(ref_tokens, teacher.stack(old_signals, old_present, batch=b, frames=t), prev, noise=False)
         target = self.to_target(tokens, ref_tokens).flatten(0, 1)
         return self.decoder.distill_loss(z.flatten(0, 1), teacher.decoder, z_t.flatten(0, 1), target)
 

@@ -72,6 +72,14 @@ def test_plain_share_and_matched_motion_reach_the_finetuning_clips(tmp_path: Pat
             assert tut.CONTROL in stored and np.isnan(np.array(readers[clip_id].signal(tut.CONTROL))).all()
         else:
             assert tut.CONTROL not in stored, "a varied clip's brightness is computed from its frames"
+    given = tut.synthesize_varied(tmp_path / "g", clips=4, seconds=0.4, resolution=16, seed=0, progress=False,
+                                  hold=(1, 2), plain=0.5, replay_mode="given")
+    entries = {e["id"]: e for e in read_manifest(given)}
+    flagged = sorted(k for k, e in entries.items() if e["metadata"]["replay"])
+    assert flagged == ["bright-0-00000-given", "bright-0-00001-given"], "plain clips are flagged, under ids of their own"
+    assert not any(tut.CONTROL in e.get("signals", []) for e in entries.values()), "their brightness comes from the frames"
+    with pytest.raises(ConfigError, match="finetune_replay must be one of"):
+        tut.quick_config(tmp_path, finetune_replay="nan")
     with pytest.raises(ConfigError, match="finetune_plain"):
         tut.quick_config(tmp_path, finetune_plain=1.0)
     with pytest.raises(ConfigError, match="finetune_hold"):

@@ -289,3 +289,34 @@ def test_keep_loss_runs_on_replay_clips_only(toy_stack):
     assert gap(mixed) == pytest.approx(gap(alone), rel=1e-5)
     with pytest.raises(ValueError, match="teacher's plugins"):
         teacher.keep_loss(batch, student)
+
+
+def test_keep_loss_holds_flagged_replay_clips_with_their_new_controls(toy_stack):
+    """A clip flagged ``replay: true`` in its metadata is a replay clip although it carries the new
+    control (`toy`), and the student sees that control there (the commanded branch is held too)."""
+    from eartalk.conditions import ConditionStack
+    from eartalk.conditions.testing import ToyAudio
+
+    student = activated(get_arch("tiny"), toy_stack).eval()
+    teacher = activated(get_arch("tiny"), ConditionStack([ToyAudio(16)]), seed=1).eval()
+    batch = smooth_batch()
+    student.vae.fit_latent_stats([batch["frames"]])
+    teacher.vae.load_state_dict(student.vae.state_dict())
+
+    def gap(b):
+        torch.manual_seed(1)
+        with torch.no_grad():
+            return float(student.keep_loss(b, teacher))
+
+    def flagged(b, *flags):
+        return {**b, "meta": [{"id": str(i), "metadata": {"replay": f}} for i, f in enumerate(flags)]}
+
+    assert gap(flagged(batch, False, False)) == 0.0, "not flagged and carrying the new control: nothing to keep"
+    assert student.replay_clips(flagged(batch, False, True), ["toy_audio"]).tolist() == [False, True]
+    one = gap(flagged(batch, False, True))
+    alone = {"frames": batch["frames"][1:], "reference": batch["reference"][1:], "signals": {"toy": batch["signals"]["toy"][1:]},
+             "present": {"toy": batch["present"]["toy"][1:]}}
+    assert one > 0 and one == pytest.approx(gap(flagged(alone, True)), rel=1e-5)
+    null_toy = {**alone, "signals": {"toy": torch.full_like(alone["signals"]["toy"], float("nan"))}, "present": {}}
+    # (the teachers differ far more than toy moves the student; without toy the two runs are bit-identical)
+    assert abs(gap(flagged(alone, True)) - gap(null_toy)) > 1e-5 * one, "the flagged clip's control reaches the student"
