@@ -69,7 +69,7 @@ class SamplingConfig:
     cfg: float = 2.0
     cfg_schedule: str = "constant"
     cfg_keep: tuple[str, ...] = ()
-    cfg_separate: dict[str, float] = attrs.field(factory=dict, converter=_scales)
+    cfg_separate: dict[str, float] = attrs.field(factory=dict, converter=_scales, hash=False)  # a dict: out of the hash, in eq
     temperature: float = 1.0
     eta: float = 0.0
     seed: int = 0

@@ -97,3 +97,13 @@ def test_arch_dict_round_trip():
     with pytest.raises(ConfigError, match="bogus"):
         arch_from_dict(data)
     assert isinstance(arch_from_dict(arch_to_dict(ModelArch())), ModelArch)
+
+
+def test_separate_guidance_scales_round_trip_and_stay_hashable():
+    arch = get_arch("tiny", sampling={"cfg_separate": {"brightness": "2.5"}})
+    assert arch.sampling.cfg_separate == {"brightness": 2.5} and arch.sampling.guided
+    assert arch_from_dict(arch_to_dict(arch)) == arch, "a checkpoint keeps the scales"
+    assert arch != get_arch("tiny") and hash(arch) == hash(get_arch("tiny"))  # hashable (memory estimate caches archs)
+    assert not get_arch("tiny", sampling={"cfg": 1.0, "cfg_separate": {"brightness": 1.0}}).sampling.guided
+    with pytest.raises(ConfigError, match="must map control names to guidance scales"):
+        get_arch("tiny", sampling={"cfg_separate": ["brightness"]})
