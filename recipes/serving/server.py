@@ -389,7 +389,7 @@ class _TooSlow(Exception):
 
 
 START_KEYS = {"type", "portrait", "face_seed", "speech", "seconds", "frames", "pace", "quality", "sampling", "controls", "past_end"}
-SAMPLING_KEYS = {"seed", "steps", "denoise_steps", "cfg", "temperature"}
+SAMPLING_KEYS = {"seed", "steps", "denoise_steps", "cfg", "cfg_separate", "temperature"}
 
 
 @attrs.frozen
@@ -539,6 +539,10 @@ class Session:
             SamplingConfig(**{k: v for k, v in sampling.items()})
         except (TypeError, EartalkError) as err:
             raise ClientError("bad_message", f"start: sampling: {err}") from None
+        unknown = sorted(set(sampling.get("cfg_separate") or {}) - set(self.server.model.model.stack.names))
+        if unknown:
+            raise ClientError("bad_message", f"start: sampling.cfg_separate names {unknown}, not controls of this model "
+                                             f"({', '.join(self.server.model.model.stack.names)})")
         controls = []
         for item in m.get("controls") or []:
             if not isinstance(item, dict) or "name" not in item:

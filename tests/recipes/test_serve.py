@@ -199,6 +199,20 @@ def test_three_concurrent_sessions_do_not_mix(server) -> None:
     assert results[0] != results[1]
 
 
+def test_a_control_guided_on_its_own_scale_streams_as_the_session_would(server) -> None:
+    served = server.server.model
+    sampling = {**FAST, "cfg": 2.0, "cfg_separate": {"head_pose": 4.0}}
+
+    async def go():
+        async with ServeClient(server.url) as client:
+            await client.start(portrait="bundled", speech="bundled", seconds=0.5, frames=6, pace="fast",
+                               sampling=sampling, controls=[{"name": "head_pose", "value": {"yaw": 20.0}}])
+            return [f.jpeg for f in await collect(client)]
+
+    jpegs = run(go())
+    assert jpegs == reference_jpegs(served, 6, 0.5, sampling=sampling, controls={0: ("head_pose", {"yaw": 20.0})})
+
+
 def test_microphone_chunks_drive_the_same_rows_as_a_file(server) -> None:
     """Live audio in 10 ms chunks through AudioStream gives the frames a file gives."""
     served = server.server.model
@@ -346,6 +360,7 @@ def test_each_bad_input_gets_a_clear_message_and_the_session_goes_on(server) -> 
             out["not_object"] = await error_of(c, lambda: c.send_raw("[1, 2]"))
             out["type"] = await error_of(c, lambda: c.send({"type": "dance"}))
             out["start_key"] = await error_of(c, lambda: c.send({"type": "start", "portrait": "bundled", "colour": 1}))
+            out["separate"] = await error_of(c, lambda: c.send({"type": "start", "sampling": {"cfg_separate": {"hat": 2}}}))
             out["not_streaming"] = await error_of(c, lambda: c.send({"type": "control", "name": "head_pose", "value": {"yaw": 0}}))
             await c.upload_portrait(b"this is not an image")
             out["image"] = await error_of(c, lambda: c.send({"type": "start", "portrait": "upload", "speech": "none"}))
@@ -373,6 +388,7 @@ def test_each_bad_input_gets_a_clear_message_and_the_session_goes_on(server) -> 
     expect = {
         "json": ("bad_json", "malformed JSON"), "not_object": ("bad_message", "JSON object"),
         "type": ("bad_message", "unknown message type 'dance'"), "start_key": ("bad_message", "unknown keys ['colour']"),
+        "separate": ("bad_message", "cfg_separate names ['hat'], not controls of this model"),
         "not_streaming": ("not_streaming", "send start first"),
         "image": ("start_failed", "not an image"), "face": ("start_failed", "no face found"),
         "corrupt": ("start_failed", "cannot read"), "silent": ("start_failed", "silent"),
