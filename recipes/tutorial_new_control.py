@@ -157,8 +157,8 @@ class TutorialConfig:
             raise ConfigError(f"tutorial: frames must be >= {2 * VIDEO_FPS // 5} (a sweep needs frames), got {self.frames}")
 
 
-OPTIONAL = ("new_control_cfg", "probe")
-REPLAY_MODES = ("absent", "given")  # what the plain fine-tuning clips store as the new control  # fields `--set KEY=none` may clear
+OPTIONAL = ("new_control_cfg", "probe")  # fields `--set KEY=none` may clear
+REPLAY_MODES = ("absent", "given")  # what the plain fine-tuning clips store as the new control
 
 
 def quick_config(out: str | Path, **overrides: Any) -> TutorialConfig:
