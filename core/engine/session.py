@@ -27,7 +27,7 @@ import torch
 
 from eartalk.conditions.timeline import ControlTimeline
 from eartalk.core.engine.presets import SamplingConfig
-from eartalk.core.errors import InputError
+from eartalk.core.errors import InputError, did_you_mean
 
 if TYPE_CHECKING:
     from eartalk.core.engine.model import EarTalkModel
@@ -81,9 +81,10 @@ class StreamingSession:
         param = next(model.backbone.parameters())
         self.device, self.dtype = param.device, param.dtype
         for key in ("cfg_keep", "cfg_separate"):
-            unknown = set(getattr(sampling, key)) - set(model.stack.names)
+            unknown = sorted(set(getattr(sampling, key)) - set(model.stack.names))
             if unknown:
-                raise InputError(f"sampling.{key} names conditions not in the stack: {sorted(unknown)}; stack: {model.stack.names}")
+                raise InputError(f"sampling.{key} names conditions not in the stack: {unknown}"
+                                 f"{did_you_mean(unknown[0], model.stack.names)}; stack: {model.stack.names}")
         self.generator = torch.Generator(device=self.device).manual_seed(int(sampling.seed))  # draws on the device
         with torch.no_grad():
             reference = reference.to(self.device, self.dtype)

@@ -174,6 +174,8 @@ def test_bad_inputs_are_reported(model):
         model.session(torch.zeros(3, 64, 64), cfg_keep=("nope",))
     with pytest.raises(InputError, match=r"cfg_separate names conditions not in the stack: \['nope'\]"):
         model.session(torch.zeros(3, 64, 64), cfg_separate={"nope": 2.0})
+    with pytest.raises(InputError, match=r"\['tyo'\] \(did you mean 'toy'\?\)"):
+        model.session(torch.zeros(3, 64, 64), cfg_separate={"tyo": 2.0})
     with pytest.raises(ConfigError, match="in both cfg_keep .* and cfg_separate"):
         model.session(torch.zeros(3, 64, 64), cfg_keep=("toy",), cfg_separate={"toy": 2.0})
     with pytest.raises(ConfigError, match="must be >= 0"):
