@@ -117,12 +117,14 @@ def parse_scales(pairs: list[str]) -> dict[str, float]:
     out = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
+        name = name.strip()
         try:
-            out[name.strip()] = float(value)
+            scale = float(value)
         except ValueError:
-            sep = ""
-        if not sep or not name.strip():
+            scale = None
+        if not (sep and name) or scale is None:
             raise ConfigError(f"--cfg-separate {pair!r}: expected NAME=SCALE, e.g. --cfg-separate brightness=2")
+        out[name] = scale
     return out
 
 

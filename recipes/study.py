@@ -216,11 +216,7 @@ def train_model(data: Path, out: Path, preset: str, vae: Path, steps: int, seed:
 # ---------------------------------------------------------------------------------------------
 def with_guidance(model: Any, scale: float | None) -> Any:
     """``model`` whose sessions sample with guidance ``scale`` by default (None: unchanged)."""
-    from eartalk.core.engine.presets import sampling_with
-
-    if scale is not None:
-        model.arch = attrs.evolve(model.arch, sampling=sampling_with(model.arch.sampling, cfg=float(scale)))
-    return model
+    return model if scale is None else model.set_sampling(cfg=float(scale))
 
 
 def load_heldout(root: Path, stack: Any, frames: int) -> list[dict[str, Any]]:

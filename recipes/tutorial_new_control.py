@@ -542,7 +542,7 @@ def run_tutorial(cfg: TutorialConfig) -> dict[str, Any]:
     for label, path in (("before", base), ("after", tuned)):
         model = load_trained(path).eval()
         if label == "after":
-            model.arch = attrs.evolve(model.arch, sampling=model.sampling(**new_control_sampling(cfg)))
+            model.set_sampling(**new_control_sampling(cfg))
         items = load_heldout(holdout, model.stack, cfg.frames)
         if label == "after":
             results["after_flat"] = {"sweep": sweep_figures(model, items, cfg.frames, True, flat=True)}

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import attrs
 import torch
 from torch import nn
 
@@ -358,6 +359,12 @@ class EarTalkModel(nn.Module):
     def sampling(self, **overrides: Any) -> SamplingConfig:
         """The arch's default sampling config with overrides (``steps``, ``denoise_steps``, ``cfg``...)."""
         return sampling_with(self.arch.sampling, **overrides)
+
+    def set_sampling(self, **overrides: Any) -> EarTalkModel:
+        """Make ``overrides`` (``cfg``, ``cfg_separate``...) this model's default sampling (what
+        :meth:`session` and :meth:`generate` use unless told otherwise); returns the model."""
+        self.arch = attrs.evolve(self.arch, sampling=self.sampling(**overrides))
+        return self
 
     def session(self, reference: torch.Tensor, use_cache: bool = True, **sampling: Any):
         """Open a :class:`~eartalk.core.engine.session.StreamingSession` on a portrait ``(3, R, R)`` or ``(B, 3, R, R)``."""

@@ -132,17 +132,16 @@ class StreamingSession:
         guidance): the CFG null branch ``(B, K, Dc)``, or with ``cfg_separate`` controls ``c_1..c_S``
         the branches ``b_{S-1}, ..., b_0`` (``b_k``: every control but ``c_{k+1}..c_S``) and the
         null one, ``((S + 1) * B, K, Dc)``."""
-        rows = self.signals_at(index, signals)
         stack = self.model.stack
-        to = {"device": self.device, "dtype": self.dtype}
-        cond = stack({n: r[:, None].to(**to) for n, r in rows.items()})[:, 0]  # (B, K, Dc)
+        rows = {n: r[:, None].to(device=self.device, dtype=self.dtype) for n, r in self.signals_at(index, signals).items()}
+        cond = stack(rows)[:, 0]  # (B, K, Dc)
         if not self.guided:
             return cond, None
         others = []
         for k in range(len(self.separate) - 1, -1, -1):  # b_{S-1} .. b_0
-            given = {n: r[:, None].to(**to) for n, r in rows.items() if n not in self.separate[k:]}
+            given = {n: r for n, r in rows.items() if n not in self.separate[k:]}
             others.append(stack(given, batch=self.batch, frames=1)[:, 0])
-        keep = {n: rows[n][:, None].to(**to) for n in self.sampling.cfg_keep}
+        keep = {n: rows[n] for n in self.sampling.cfg_keep}
         others.append(stack(keep, batch=self.batch, frames=1)[:, 0])  # (B, K, Dc)
         return cond, torch.cat(others)
 

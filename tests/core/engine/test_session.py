@@ -162,6 +162,10 @@ def test_separate_guidance_scales_each_control_on_its_own(model, reference):
     # two separate controls, b_k adds them in the given order (b0 is then u: g has nothing to scale)
     both = first(cfg=2.0, cfg_separate={"toy_audio": 3.0, "toy": 0.5})
     torch.testing.assert_close(both, u + 3.0 * (b0 - u) + 0.5 * (b1 - b0), atol=1e-4, rtol=1e-4)
+    # set as the model's default (what a checkpoint stores), sessions use it unless told otherwise
+    model.set_sampling(cfg=3.0, cfg_separate={"toy": 0.5})
+    assert model.session(reference).branches == 3
+    torch.testing.assert_close(first(), u + 3.0 * (b0 - u) + 0.5 * (b1 - b0), atol=1e-4, rtol=1e-4)
 
 
 def test_bad_inputs_are_reported(model):
