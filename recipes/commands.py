@@ -143,6 +143,8 @@ class DemoCommand(Command):
         parser.add_argument("--clips", type=int, default=d["clips"], help="synthetic training clips (identities)")
         parser.add_argument("--seconds", type=float, default=d["seconds"], help="seconds per clip")
         parser.add_argument("--vae-steps", type=int, default=d["vae_steps"], help="VAE training steps")
+        parser.add_argument("--vae-focus", type=float, default=d["vae_focus"],
+                            help="VAE reconstruction weight around the eyes and mouth (0 = plain L1)")
         parser.add_argument("--steps", type=int, default=d["steps"], help="training steps of the AR model")
         parser.add_argument("--frames", type=int, default=d["frames"], help="frames to generate (25 per second)")
         parser.add_argument("--seed", type=int, default=0)
@@ -154,7 +156,7 @@ class DemoCommand(Command):
 
         summary = run_demo(
             Path(args.out), preset=args.preset, clips=args.clips, seconds=args.seconds,
-            vae_steps=args.vae_steps, steps=args.steps, frames=args.frames, seed=args.seed, probe=args.probe,
+            vae_steps=args.vae_steps, vae_focus=args.vae_focus, steps=args.steps, frames=args.frames, seed=args.seed, probe=args.probe,
         )
         if args.json:
             print(json.dumps(summary, indent=2, default=str))

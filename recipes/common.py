@@ -249,7 +249,7 @@ def plot_losses(out_dir: str | Path, name: str = "loss.png") -> Path | None:
     return path
 
 
-def make_datamodule(config: Any, stack: Any, root: str | Path | None = None) -> Any:
+def make_datamodule(config: Any, stack: Any, root: str | Path | None = None, extras: tuple[str, ...] = ()) -> Any:
     """The training DataModule of a recipe config (resumable training loader)."""
     from eartalk.core.data.dataset import TalkingHeadDataModule
     from eartalk.recipes.encode import latents_key
@@ -264,10 +264,12 @@ def make_datamodule(config: Any, stack: Any, root: str | Path | None = None) -> 
         seed=config.seed,
         resumable=True,
         latents=latents_key(config),  # pre-encoded VAE latents (recipes/encode.py)
+        extras=extras,
     )
 
 
-def fit(config: Any, make_module: Any, stack_of: Any, final_name: str, on_start: Any = None) -> Path:
+def fit(config: Any, make_module: Any, stack_of: Any, final_name: str, on_start: Any = None,
+        extras: tuple[str, ...] = ()) -> Path:
     """Run a recipe: seed, save the resolved config, fit (resuming from the newest complete
     checkpoint if asked), save the final state as ``checkpoints/<final_name>`` and plot the losses.
 
@@ -277,6 +279,7 @@ def fit(config: Any, make_module: Any, stack_of: Any, final_name: str, on_start:
         stack_of: module -> condition stack the DataModule computes missing signals with (or None).
         final_name: file name of the final checkpoint.
         on_start: optional ``f(module, datamodule)`` called once both exist, before training.
+        extras: stored extra arrays the batches carry (``batch["extras"]``).
     """
     import lightning as L
 
@@ -290,7 +293,7 @@ def fit(config: Any, make_module: Any, stack_of: Any, final_name: str, on_start:
     found = prepare_resume(out, config.resume)
     save_resolved(config, out)
     module = make_module()
-    data = make_datamodule(config, stack_of(module))
+    data = make_datamodule(config, stack_of(module), extras=extras)
     if data.stack is not None:  # loud absence: per-condition presence on training frames (presence.json)
         from eartalk.conditions.presence import check_presence
 

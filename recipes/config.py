@@ -34,6 +34,62 @@ class DataConfig:
 
 
 @attrs.frozen
+class FocusConfig:
+    """Reconstruction / diffusion loss weighted up around points of the face (``vae`` and ``train`` recipes).
+
+    The eyes are about 3 px tall at 64 px and the emotions move brows and mouth corners by about
+    a pixel, so a loss averaged over the whole frame can blur them away at little cost. With
+    ``weight > 0`` every pixel's weight is ``1 + weight * max_k exp(-d_k^2 / 2 sigma^2)`` around the
+    points (:func:`eartalk.core.engine.vae.focus_weights`); the ``train`` recipe averages it over
+    each latent pixel's footprint and weights that pixel's elements of the diffusion loss. Needs datasets that store the ``keypoints`` extra (``eartalk synth``
+    does; ``eartalk prepare`` does not).
+
+    Attributes:
+        weight: extra weight at a point (0 = off: the plain loss).
+        sigma: Gaussian width as a fraction of the frame side.
+        points: names of the synthetic renderer's keypoints (``eartalk.core.data.synth.KEYPOINTS``).
+    """
+
+    weight: float = 0.0
+    sigma: float = 0.05
+    points: tuple[str, ...] = ("left_eye", "right_eye", "mouth_left", "mouth_right", "mouth")
+
+    @property
+    def extras(self) -> tuple[str, ...]:
+        """Stored extras the batches must carry."""
+        return ("keypoints",) if self.weight > 0 else ()
+
+    def validate(self, source: str) -> None:
+        from eartalk.core.data.synth import KEYPOINTS
+        from eartalk.core.errors import did_you_mean
+
+        if not self.weight >= 0:  # also NaN
+            raise ConfigError(f"{source}: focus.weight must be >= 0 (0 = plain loss), got {self.weight}")
+        if self.weight == 0:
+            return
+        if not self.sigma > 0:
+            raise ConfigError(f"{source}: focus.sigma must be > 0 (a fraction of the frame side), got {self.sigma}")
+        if not self.points:
+            raise ConfigError(f"{source}: focus.points is empty; name some of {', '.join(KEYPOINTS)} or set focus.weight: 0")
+        for name in self.points:
+            if name not in KEYPOINTS:
+                raise ConfigError(f"{source}: focus.points: unknown keypoint {name!r}{did_you_mean(name, KEYPOINTS)}; "
+                                  f"known: {', '.join(KEYPOINTS)}")
+
+    def pixel_weights(self, batch: dict[str, Any]) -> Any:
+        """``(B, T, 1, R, R)`` loss weights of a batch's frames (None when off)."""
+        if self.weight <= 0:
+            return None
+        from eartalk.core.data.synth import KEYPOINTS
+        from eartalk.core.engine.vae import focus_weights
+
+        frames = batch["frames"]
+        index = [KEYPOINTS.index(n) for n in self.points]
+        points = batch["extras"]["keypoints"][:, :, index].to(frames.device, frames.dtype)  # (B, T, K, 2)
+        return focus_weights(points, frames.shape[-1], self.sigma, self.weight)
+
+
+@attrs.frozen
 class ModelConfig:
     """Model size and weights.
 

@@ -112,6 +112,7 @@ def run_demo(
     probe_identities: int | None = None,
     probe_epochs: int | None = 9,
     emotion_segments: int = 1,
+    vae_focus: float = 10.0,
 ) -> dict[str, Any]:
     """Run the demo into ``out``, write ``summary.json`` and return the summary (paths, figures, timings).
 
@@ -119,6 +120,8 @@ def run_demo(
     :class:`~eartalk.metrics.probe.ProbeTraining`'s defaults; the demo trains 9 epochs instead of
     14 to stay within its 10 minutes: emotion is then read less well, see docs/metrics.md). ``emotion_segments``: emotions per
     training clip (several, so the reference frame often shows another emotion than the window).
+    ``vae_focus``: the VAE's reconstruction weight around the eyes and mouth (``focus.weight`` of
+    the ``vae`` recipe; 0 = the plain L1).
     """
     from eartalk.core.data.synth import synthesize_dataset
     from eartalk.core.engine.presets import PRESETS
@@ -157,7 +160,7 @@ def run_demo(
     timings["synth_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    vae_ckpt = train_vae(data, out / "vae", preset, vae_steps, seed, progress)
+    vae_ckpt = train_vae(data, out / "vae", preset, vae_steps, seed, progress, focus=vae_focus)
     timings["vae_train_s"] = time.perf_counter() - start
     start = time.perf_counter()
     ckpt = train_model(data, out / "model", preset, vae_ckpt, steps, seed, progress)
@@ -238,6 +241,7 @@ def run_demo(
         "probe_on_truth": {k: round(v, 4) for k, v in on_truth.items()},
         "probe_heldout_accuracy": probe_info.get("heldout_accuracy", {}),
         "budget": {"clips": clips, "seconds": seconds, "emotion_segments": emotion_segments, "vae_steps": vae_steps,
+                   "vae_focus": vae_focus,
                    "steps": steps, "preset": preset,
                    "frames": frames},
         "video": str(mp4),

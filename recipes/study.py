@@ -81,6 +81,10 @@ class StudyConfig:
         motion_hz: highest frequency of the training clips' head rotations (the held-out clips keep
             the calm 0.4 Hz); faster motion puts more pose change between reference and window.
         vae_steps: VAE training steps.
+        vae_focus: the VAE's reconstruction weight around the eyes and mouth (the ``vae`` recipe's
+            ``focus.weight``; 0 = the plain L1).
+        focus: the model's diffusion-loss weight around the eyes and mouth (the ``train``
+            recipe's ``focus.weight``, main model and ablations alike; 0 = off).
         steps: main model training steps.
         ablation_steps: training steps of every ablation variant (the same for all; equal to
             ``steps`` reuses the main model as the ``sink`` variant).
@@ -107,6 +111,8 @@ class StudyConfig:
     emotion_segments: int = 2
     motion_hz: float = 1.5
     vae_steps: int = 1500
+    vae_focus: float = 10.0
+    focus: float = 0.0
     steps: int = 4000
     ablation_steps: int = 600
     ablations: tuple[str, ...] = ("sink", "no_sink", "no_adaln_identity")
@@ -136,6 +142,8 @@ class StudyConfig:
             raise ConfigError(f"study: eval_frames must be >= 20, got {self.eval_frames}")
         if min(self.clips, self.heldout, self.vae_steps, self.steps, self.ablation_steps, self.threads, self.emotion_segments) < 1:
             raise ConfigError("study: clips, heldout, vae_steps, steps, ablation_steps, threads and emotion_segments must be >= 1")
+        if not (self.vae_focus >= 0 and self.focus >= 0):  # also NaN
+            raise ConfigError(f"study: --vae-focus and --focus must be >= 0 (0 = off), got {self.vae_focus} and {self.focus}")
         if self.guidance is not None and not self.guidance >= 0:
             raise ConfigError(f"study: --cfg must be >= 0, got {self.guidance}")
         from eartalk.core.data.synth import MIN_MOTION_HZ
@@ -169,16 +177,23 @@ def trainer_section(steps: int, progress: bool) -> dict[str, Any]:
 
 
 def train_vae(data: Path, out: Path, preset: str, steps: int, seed: int, progress: bool,
-              val_fraction: float = 0.1) -> Path:
-    """Train the frame VAE with the ``vae`` recipe (the demo's settings); returns its checkpoint."""
+              val_fraction: float = 0.1, focus: float = 0.0) -> Path:
+    """Train the frame VAE with the ``vae`` recipe (the demo's settings); returns its checkpoint.
+    ``focus``: the recipe's ``focus.weight`` (eyes and mouth weighted up; synthetic data only)."""
     from eartalk.core.config import structure
     from eartalk.recipes.vae import VAEConfig, VAERecipe
 
     cfg = structure({"seed": seed, "out_dir": str(out), "model": {"preset": preset},
                      "data": {"root": str(data), "clip_frames": 2, "batch_size": 8, "val_fraction": val_fraction},
                      "optim": {"lr": 2e-3, "weight_decay": 0.0, "warmup_steps": 50},
-                     "trainer": trainer_section(steps, progress)}, VAEConfig)
+                     "trainer": trainer_section(steps, progress), "focus": {"weight": float(focus)}}, VAEConfig)
+    VAERecipe.validate(cfg, "study VAE")
     return VAERecipe().run(cfg)
+
+
+def focus_section(weight: float) -> dict[str, Any]:
+    """The ``focus`` part of a train config (empty when off)."""
+    return {"focus": {"weight": float(weight)}} if weight > 0 else {}
 
 
 def train_model(data: Path, out: Path, preset: str, vae: Path, steps: int, seed: int, progress: bool,
@@ -538,6 +553,7 @@ def write_markdown(path: Path, report: dict[str, Any]) -> Path:
               f"- data: {b['clips']} synthetic training identities x {b['seconds']} s at {b['resolution']} px "
               f"({b.get('emotion_segments', 1)} emotion segment(s) per clip, head motion up to {b.get('motion_hz', 0.4)} Hz)",
               f"- VAE: {_steps(b['vae_steps'])}; main model: {_steps(b['steps'])}; every ablation variant: {b['ablation_steps']} steps",
+              f"- loss weight around the eyes and mouth (focus): VAE {b.get('vae_focus', 0)}, model {b.get('focus', 0)}",
               f"- training minutes: VAE {b['vae_minutes']:.1f}, main model {b['model_minutes']:.1f}, "
               f"ablations {b['ablation_minutes']:.1f} (total {b['total_minutes']:.1f})",
               f"- evaluation: {report['identities']} held-out identities x {report['eval_frames']} frames "
@@ -626,14 +642,15 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
         minutes["vae"] = 0.0
     else:
         t0 = time.perf_counter()
-        vae = train_vae(data, out / "vae", cfg.preset, cfg.vae_steps, cfg.seed, cfg.progress)
+        vae = train_vae(data, out / "vae", cfg.preset, cfg.vae_steps, cfg.seed, cfg.progress, focus=cfg.vae_focus)
         minutes["vae"] = (time.perf_counter() - t0) / 60
     if cfg.checkpoint:
         main_ckpt = Path(cfg.checkpoint)
         minutes["model"] = 0.0
     else:
         t0 = time.perf_counter()
-        main_ckpt = train_model(data, out / "model", cfg.preset, vae, cfg.steps, cfg.seed, cfg.progress, batch_size=cfg.batch_size)
+        main_ckpt = train_model(data, out / "model", cfg.preset, vae, cfg.steps, cfg.seed, cfg.progress, batch_size=cfg.batch_size,
+                                extra=focus_section(cfg.focus))
         minutes["model"] = (time.perf_counter() - t0) / 60
     checkpoints = {"vae": str(vae), "model": str(main_ckpt)}
     ablation_ckpts: dict[str, tuple[Path, float]] = {}
@@ -645,7 +662,7 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
         else:
             t0 = time.perf_counter()
             path = train_model(data, out / f"ablation_{name}", cfg.preset, vae, cfg.ablation_steps, cfg.seed,
-                               cfg.progress, arch=ABLATIONS[name], batch_size=cfg.batch_size)
+                               cfg.progress, arch=ABLATIONS[name], batch_size=cfg.batch_size, extra=focus_section(cfg.focus))
             ablation_ckpts[name] = (path, (time.perf_counter() - t0) / 60)
         checkpoints[f"ablation_{name}"] = str(ablation_ckpts[name][0])
     minutes["ablations"] = sum(m for p, m in ablation_ckpts.values() if p != main_ckpt)
@@ -691,7 +708,8 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
                    "emotion_segments": cfg.emotion_segments, "motion_hz": cfg.motion_hz,
                    "vae_steps": cfg.vae_steps if not cfg.vae_checkpoint else "checkpoint",
                    "steps": cfg.steps if not cfg.checkpoint else "checkpoint", "ablation_steps": cfg.ablation_steps,
-                   "batch_size": cfg.batch_size, "vae_minutes": minutes["vae"], "model_minutes": minutes["model"],
+                   "batch_size": cfg.batch_size, "vae_focus": cfg.vae_focus if not cfg.vae_checkpoint else "checkpoint",
+                   "focus": cfg.focus, "vae_minutes": minutes["vae"], "model_minutes": minutes["model"],
                    "ablation_minutes": minutes["ablations"],
                    "total_minutes": minutes["vae"] + minutes["model"] + minutes["ablations"]},
         "ablations": {n: {k: v for k, v in _clean(r).items() if k != "curves"} for n, r in ablations.items()},
@@ -737,6 +755,10 @@ class StudyCommand(Command):
         parser.add_argument("--motion-hz", type=float,
                             help=f"highest head-rotation frequency of the training clips, Hz (default {d.motion_hz})")
         parser.add_argument("--vae-steps", type=int, help=f"VAE training steps (default {d.vae_steps})")
+        parser.add_argument("--vae-focus", type=float,
+                            help=f"VAE reconstruction weight around the eyes and mouth, 0 = off (default {d.vae_focus:g})")
+        parser.add_argument("--focus", type=float,
+                            help=f"model diffusion-loss weight around the eyes and mouth, 0 = off (default {d.focus:g})")
         parser.add_argument("--steps", type=int, help=f"main model training steps (default {d.steps})")
         parser.add_argument("--ablation-steps", type=int, help=f"steps of every ablation variant (default {d.ablation_steps})")
         parser.add_argument("--ablations", help=f"comma-separated variants (default {','.join(d.ablations)}; '' for none)")
@@ -758,8 +780,8 @@ class StudyCommand(Command):
         fields = {"preset": args.preset, "threads": args.threads, "seed": args.seed, "vae_checkpoint": args.vae_checkpoint,
                   "checkpoint": args.checkpoint, "ablation_checkpoints": _parse_pairs(args.ablation_checkpoint),
                   "probe": args.probe, "untrained": not args.no_untrained}
-        for key in ("clips", "seconds", "emotion_segments", "motion_hz", "vae_steps", "steps", "ablation_steps", "heldout",
-                    "eval_frames", "guidance"):
+        for key in ("clips", "seconds", "emotion_segments", "motion_hz", "vae_steps", "vae_focus", "focus", "steps",
+                    "ablation_steps", "heldout", "eval_frames", "guidance"):
             if getattr(args, key) is not None:
                 fields[key] = getattr(args, key)
         if args.ablations is not None:

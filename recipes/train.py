@@ -23,6 +23,7 @@ from eartalk.recipes.base import Recipe
 from eartalk.recipes.common import RecipeModule, fit, preflight_conditions
 from eartalk.recipes.config import (
     DataConfig,
+    FocusConfig,
     ModelConfig,
     OptimConfig,
     TrainerConfig,
@@ -84,6 +85,7 @@ class TrainConfig:
         finetune: how the loaded weights train (freeze / lower learning rate / plugins to re-initialise).
         freeze: parameter-name prefixes to keep fixed (e.g. ``model.backbone.blocks.0``).
         resume: continue from the newest complete checkpoint in ``out_dir/checkpoints`` when there is one.
+        focus: diffusion loss weighted up on the latent pixels of the eyes and mouth (:class:`FocusConfig`; off by default).
     """
 
     out_dir: str = "runs/train"
@@ -97,6 +99,7 @@ class TrainConfig:
     finetune: FinetuneConfig = FinetuneConfig()
     freeze: list[str] = attrs.field(factory=list)
     resume: bool = True
+    focus: FocusConfig = FocusConfig()
 
 
 def build_model(arch: Any, specs: list[ConditionSpec], vae_checkpoint: str | None = None) -> Any:
@@ -277,6 +280,8 @@ if L is not None:
             return 1.0
 
         def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+            if self.cfg.focus.weight > 0:
+                batch = {**batch, "focus": self.cfg.focus.pixel_weights(batch)}
             if not self._teacher:
                 return self.model.loss(batch)
             tokens, ref_tokens = self.model.batch_tokens(batch)  # encoded once for both losses
@@ -320,11 +325,13 @@ class TrainRecipe(Recipe):
         # Checkpoint files are checked when the run starts: a config may name one a previous
         # step of the pipeline has not written yet.
         validate_common(config, source)
+        config.focus.validate(source)
 
     def run(self, config: TrainConfig, overrides: list[str] | None = None, on_start: Any = None) -> Path:
         check_inputs(config)
         preflight_conditions(config.conditions)  # a broken plugin dependency fails now, not minutes in
-        return fit(config, lambda: EarTalkModule(unstructure(config)), lambda m: m.model.stack, "last.ckpt", on_start)
+        return fit(config, lambda: EarTalkModule(unstructure(config)), lambda m: m.model.stack, "last.ckpt", on_start,
+                   extras=config.focus.extras)
 
 
 def check_inputs(config: TrainConfig) -> None:

@@ -19,7 +19,15 @@ from eartalk.core.engine.checkpoint import make_record
 from eartalk.core.engine.vae import FrameVAE
 from eartalk.recipes.base import Recipe
 from eartalk.recipes.common import RecipeModule, fit
-from eartalk.recipes.config import DataConfig, ModelConfig, OptimConfig, TrainerConfig, arch_from, validate_common
+from eartalk.recipes.config import (
+    DataConfig,
+    FocusConfig,
+    ModelConfig,
+    OptimConfig,
+    TrainerConfig,
+    arch_from,
+    validate_common,
+)
 
 try:
     import lightning as L
@@ -34,6 +42,7 @@ class VAEConfig:
     Attributes:
         out_dir, seed, model, data, optim, trainer, resume: as in the ``train`` recipe.
         stats_batches: batches of training windows the latent mean/std are fitted on at every save.
+        focus: reconstruction weighted up around the eyes and mouth (:class:`FocusConfig`; off by default).
     """
 
     out_dir: str = "runs/vae"
@@ -44,6 +53,7 @@ class VAEConfig:
     trainer: TrainerConfig = TrainerConfig()
     stats_batches: int = 8
     resume: bool = True
+    focus: FocusConfig = FocusConfig()
 
 
 def load_vae_weights(vae: torch.nn.Module, path: str | Path) -> None:
@@ -65,7 +75,7 @@ if L is not None:
             self.vae = FrameVAE.from_arch(arch_from(self.cfg.model))
 
         def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-            return self.vae.loss(batch["frames"])
+            return self.vae.loss(batch["frames"], self.cfg.focus.pixel_weights(batch))
 
         def fit_stats(self) -> None:
             """Fit the latent mean/std on ``stats_batches`` fixed training windows (deterministic:
@@ -101,6 +111,7 @@ class VAERecipe(Recipe):
     @classmethod
     def validate(cls, config: VAEConfig, source: str) -> None:
         validate_common(config, source)
+        config.focus.validate(source)
 
     def run(self, config: VAEConfig, overrides: list[str] | None = None) -> Path:
-        return fit(config, lambda: FrameVAEModule(unstructure(config)), lambda m: None, "vae.ckpt")
+        return fit(config, lambda: FrameVAEModule(unstructure(config)), lambda m: None, "vae.ckpt", extras=config.focus.extras)

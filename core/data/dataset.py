@@ -466,6 +466,14 @@ class TalkingHeadDataset(Dataset):
         if short:
             log.info("%s: %d clip(s) shorter than %d frames are not used", self.root, len(short), self.clip_frames)
         self.clips = [r for r in readers if r.num_frames >= self.clip_frames]
+        for name in self.extras:
+            lacking = [r.id for r in self.clips if name not in r.entry.get("extras", ())]
+            if lacking:
+                raise InputError(
+                    f"dataset {self.root}: clip {lacking[0]!r} (and {len(lacking) - 1} more) has no stored "
+                    f"extra {name!r}; synthetic datasets (`eartalk synth`) store 'mouth' and 'keypoints', "
+                    f"datasets from `eartalk prepare` store none; turn off what asks for it"
+                )
         self.items: list[tuple[int, int]] = [
             (c, k * self.clip_frames)
             for c, reader in enumerate(self.clips)

@@ -308,19 +308,28 @@ class MARDecoder(nn.Module):
         rank = torch.rand(batch, self.num_tokens, generator=generator, dtype=torch.float32).argsort(1).argsort(1)  # random order
         return (rank < count[:, None]).to(device)
 
-    def loss(self, z: torch.Tensor, tokens: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def loss(self, z: torch.Tensor, tokens: torch.Tensor, generator: torch.Generator | None = None,
+             weight: torch.Tensor | None = None) -> torch.Tensor:
         """Diffusion loss on the masked tokens.
 
         Args:
             z: ``(B, N, Dz)`` contexts.
             tokens: ``(B, N, c)`` target tokens (normalised latents, patchified).
+            weight: optional ``(B, N)`` per-token or ``(B, N, c)`` per-element weights (e.g. the
+                eyes and mouth weighted up); the loss is then the weighted mean over the masked
+                tokens' elements (uniform = plain).
 
         Returns:
             Scalar mean loss over masked tokens and diffusion samples.
         """
-        _, cond, target, t, noise = self._noised(z, tokens, generator)
+        mask, cond, target, t, noise = self._noised(z, tokens, generator)
         out = self.head(self.diffusion.noisy(target, t, noise), t, cond)
-        return F.mse_loss(out, self.diffusion.target(target, t, noise))
+        goal = self.diffusion.target(target, t, noise)
+        if weight is None:
+            return F.mse_loss(out, goal)
+        w = weight.to(out.dtype)[mask]  # (M,) or (M, c)
+        w = (w[:, None] if w.dim() == 1 else w).expand(-1, out.shape[-1]).repeat(self.diffusion_batch_mul, 1)  # (M * mul, c)
+        return ((out - goal).square() * w).sum() / w.sum().clamp_min(1e-12)
 
     def distill_loss(self, z: torch.Tensor, teacher: MARDecoder, z_teacher: torch.Tensor, tokens: torch.Tensor,
                      generator: torch.Generator | None = None) -> torch.Tensor:

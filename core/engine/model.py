@@ -17,6 +17,7 @@ from typing import Any
 
 import attrs
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from eartalk.conditions.stack import ConditionStack
@@ -206,7 +207,10 @@ class EarTalkModel(nn.Module):
 
         Args:
             batch: ``frames`` ``(B, T, 3, R, R)`` in [-1, 1], ``reference`` ``(B, 3, R, R)``,
-                ``signals`` {name: ``(B, T, D)``}, ``present`` {name: ``(B, T)`` bool}.
+                ``signals`` {name: ``(B, T, D)``}, ``present`` {name: ``(B, T)`` bool}; optional
+                ``focus`` ``(B, T, 1, R, R)`` per-pixel loss weights (the ``train`` recipe's
+                ``focus``): averaged over each latent pixel's footprint, they weight the diffusion loss
+                of every token element.
 
         Returns:
             ``{"loss": scalar}``.
@@ -233,8 +237,25 @@ class EarTalkModel(nn.Module):
             drop = (torch.rand(b) < a.context_drop_prob).to(prev.device)  # (B,)
             prev = torch.where(drop[:, None, None, None], ref_tokens[:, None].expand_as(prev), prev)
         z = self.backbone(ref_tokens, cond, prev, clean_first=not mid)  # (B, T', N, D)
-        loss = self.decoder.loss(z.flatten(0, 1), self.to_target(targets, ref_tokens).flatten(0, 1))
+        weight = None
+        if batch.get("focus") is not None:
+            weight = self.token_weights(batch["focus"].to(z.device, z.dtype), a.patch_size, a.latent_channels)  # (B, T, N, c)
+            weight = (weight[:, 1:] if mid else weight).flatten(0, 1)
+        loss = self.decoder.loss(z.flatten(0, 1), self.to_target(targets, ref_tokens).flatten(0, 1), weight=weight)
         return {"loss": loss}
+
+    def token_weights(self, pixel_weights: torch.Tensor, patch_size: int, channels: int) -> torch.Tensor:
+        """Per-pixel weights ``(B, T, 1, R, R)`` -> weights of every token element ``(B, T, N, c)``:
+        the mean over each latent pixel's ``f x f`` footprint in the frame, the same for all ``C``
+        channels, laid out as :func:`patchify` lays out the latents (so an eye weights the few
+        latent pixels it covers, not the whole token)."""
+        b, t, _, r, _ = pixel_weights.shape
+        factor = self.vae.downsample
+        if r % factor:
+            raise ValueError(f"token_weights: a {r} x {r} frame does not divide by the VAE factor {factor}")
+        latent = F.avg_pool2d(pixel_weights.reshape(b * t, 1, r, r), factor)  # (B*T, 1, h, w)
+        latent = latent.reshape(b, t, 1, r // factor, r // factor).expand(-1, -1, channels, -1, -1)
+        return patchify(latent, patch_size)
 
     def replay_clips(self, batch: Mapping[str, Any], old: set[str] | list[str],
                      present: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:

@@ -316,8 +316,14 @@ class FrameVAE(nn.Module):
         return self.decode(latent[:, None], cache=cache)[:, 0]
 
     # -- training --------------------------------------------------------------------------------
-    def loss(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+    def loss(self, frames: torch.Tensor, weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Reconstruction + ``kl_weight * KL`` of a clip ``(B, T, 3, R, R)`` in [-1, 1].
+
+        Args:
+            frames: the clip.
+            weight: optional per-pixel weights ``(B, T, 1, R, R)`` of the reconstruction terms
+                (e.g. :func:`focus_weights`); the weighted mean is divided by the mean weight, so
+                uniform weights give the plain loss.
 
         Returns:
             ``{"loss", "recon", "kl"}`` scalars (KL averaged per latent element).
@@ -325,11 +331,35 @@ class FrameVAE(nn.Module):
         mean, logvar = self.posterior(frames)
         z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
         recon = self._decode_raw(z)  # (B, T, 3, R, R)
+
+        def average(err: torch.Tensor) -> torch.Tensor:
+            return err.mean() if weight is None else (err * weight).mean() / weight.mean()
+
         terms = []
         if "l1" in self.recon:
-            terms.append((recon - frames).abs().mean())
+            terms.append(average((recon - frames).abs()))
         if "l2" in self.recon:
-            terms.append(F.mse_loss(recon, frames))
+            terms.append(average((recon - frames).square()))
         rec = sum(terms)
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
         return {"loss": rec + self.kl_weight * kl, "recon": rec, "kl": kl}
+
+
+def focus_weights(points: torch.Tensor, resolution: int, sigma: float, weight: float) -> torch.Tensor:
+    """Per-pixel loss weights ``1 + weight * max_k exp(-d_k^2 / 2 sigma^2)`` around image points.
+
+    Args:
+        points: ``(B, T, K, 2)`` x, y in [0, 1] of the image (e.g. the eyes and mouth corners of
+            the synthetic renderer's ``keypoints``).
+        resolution: R, the frame side in pixels.
+        sigma: Gaussian width as a fraction of the frame side.
+        weight: extra weight at a point (0: uniform weights).
+
+    Returns:
+        ``(B, T, 1, R, R)`` weights (1 far from every point, ``1 + weight`` on one).
+    """
+    centres = (torch.arange(resolution, dtype=points.dtype, device=points.device) + 0.5) / resolution
+    dx = centres[None, None, None, None, :] - points[..., 0, None, None]  # (B, T, K, 1, R)
+    dy = centres[None, None, None, :, None] - points[..., 1, None, None]  # (B, T, K, R, 1)
+    bumps = torch.exp(-(dx.square() + dy.square()) / (2.0 * sigma * sigma))  # (B, T, K, R, R)
+    return 1.0 + weight * bumps.amax(dim=2, keepdim=True)

@@ -375,3 +375,42 @@ def test_finetune_keep_needs_init_from_and_a_sane_weight(synth_data: Path, vae_r
         TrainRecipe().run(train_config(tmp_path / "a", synth_data, vae, 1, finetune={"keep": 1.0}))
     with pytest.raises(ConfigError, match="finetune.keep must be >= 0"):
         TrainRecipe().run(train_config(tmp_path / "b", synth_data, vae, 1, finetune={"keep": -1.0}))
+
+
+def test_focus_weights_reach_both_recipes_and_need_keypoints(synth_data: Path, vae_run: Path, tmp_path: Path,
+                                                             monkeypatch) -> None:
+    """``focus.weight`` gives the VAE loss per-pixel weights peaking on the eyes and mouth of the
+    synthetic keypoints, and the model loss a ``focus`` map; a dataset without keypoints and bad
+    settings are refused with errors that name them."""
+    from eartalk.core.data.dataset import DatasetWriter
+    from eartalk.core.engine.model import EarTalkModel
+    from eartalk.core.engine.vae import FrameVAE
+
+    seen: dict[str, list] = {"vae": [], "model": []}
+    vae_loss, model_loss = FrameVAE.loss, EarTalkModel.loss
+    monkeypatch.setattr(FrameVAE, "loss", lambda self, frames, weight=None: seen["vae"].append(weight) or vae_loss(self, frames, weight))
+    monkeypatch.setattr(EarTalkModel, "loss", lambda self, batch: seen["model"].append(batch.get("focus")) or model_loss(self, batch))
+    focus = {"weight": 12.0, "sigma": 0.04}
+    cfg = structure({"out_dir": str(tmp_path / "vae"), "data": {"root": str(synth_data), "clip_frames": 2, "batch_size": 2},
+                     "trainer": trainer_cfg(3), "focus": focus}, VAEConfig)
+    VAERecipe.validate(cfg, "vae.yaml")
+    VAERecipe().run(cfg)
+    weight = seen["vae"][0]
+    assert weight is not None and weight.shape == (2, 2, 1, 64, 64)
+    assert float(weight.max()) > 12.0 and float(weight.min()) == pytest.approx(1.0, abs=1e-3)
+    model_cfg = train_config(tmp_path / "model", synth_data, vae_run / "checkpoints" / "vae.ckpt", 2, focus=focus)
+    TrainRecipe.validate(model_cfg, "train.yaml")
+    TrainRecipe().run(model_cfg)
+    assert seen["model"][0] is not None and seen["model"][0].shape == (2, 6, 1, 64, 64)
+
+    plain = tmp_path / "plain"
+    with DatasetWriter(plain, 64) as writer:
+        writer.add("clip0", torch.randint(0, 256, (30, 3, 64, 64), dtype=torch.uint8), None)
+    with pytest.raises(InputError, match="no stored extra 'keypoints'"):
+        VAERecipe().run(structure({"out_dir": str(tmp_path / "v2"), "data": {"root": str(plain), "clip_frames": 2},
+                                   "trainer": trainer_cfg(1), "focus": focus}, VAEConfig))
+    for bad, message in (({"weight": float("nan")}, "focus.weight must be >= 0"),
+                         ({"weight": 5.0, "sigma": 0.0}, "focus.sigma must be > 0"),
+                         ({"weight": 5.0, "points": ["left_ey"]}, "did you mean 'left_eye'")):
+        with pytest.raises(ConfigError, match=message):
+            VAERecipe.validate(structure({"focus": bad}, VAEConfig), "vae.yaml")

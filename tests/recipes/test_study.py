@@ -109,6 +109,9 @@ def test_bad_study_inputs_fail_clearly(tmp_path: Path) -> None:
         StudyConfig(emotion_segments=0)
     with pytest.raises(ConfigError, match="--cfg"):
         StudyConfig(guidance=-1.0)
+    for bad in ({"vae_focus": -1.0}, {"focus": float("nan")}):
+        with pytest.raises(ConfigError, match="--vae-focus and --focus must be >= 0"):
+            StudyConfig(**bad)
 
 
 def test_study_cli_passes_the_training_data_options(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -127,8 +130,10 @@ def test_study_cli_passes_the_training_data_options(monkeypatch: pytest.MonkeyPa
     parser = argparse.ArgumentParser()
     command = study.StudyCommand()
     command.add_arguments(parser)
-    command.run(parser.parse_args(["--out", "x", "--emotion-segments", "3", "--motion-hz", "0.8", "--cfg", "6", "--json"]))
+    command.run(parser.parse_args(["--out", "x", "--emotion-segments", "3", "--motion-hz", "0.8", "--cfg", "6", "--json",
+                                   "--vae-focus", "0", "--focus", "20"]))
     assert seen["cfg"].emotion_segments == 3 and seen["cfg"].motion_hz == 0.8 and seen["cfg"].guidance == 6.0
+    assert (seen["cfg"].vae_focus, seen["cfg"].focus) == (0.0, 20.0)
     command.run(parser.parse_args(["--out", "x", "--json"]))
     d = study.StudyConfig()
     assert (seen["cfg"].emotion_segments, seen["cfg"].motion_hz, seen["cfg"].guidance) == (d.emotion_segments, d.motion_hz, None)
@@ -187,6 +192,23 @@ def test_train_model_takes_names_or_whole_specs(tmp_path: Path, monkeypatch: pyt
     specs = {s.name: s for s in seen[0].conditions}
     assert list(specs) == ["audio", "head_pose"]
     assert specs["audio"].options == {"n_mels": 24} and specs["head_pose"].options == {}
+
+
+def test_study_training_takes_the_focus_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``vae_focus`` reaches the VAE config and ``focus`` the model's (absent when 0)."""
+    from eartalk.recipes import study
+    from eartalk.recipes.train import TrainRecipe
+    from eartalk.recipes.vae import VAERecipe
+
+    seen = []
+    monkeypatch.setattr(VAERecipe, "run", lambda self, cfg: seen.append(cfg) or tmp_path / "vae.ckpt")
+    monkeypatch.setattr(TrainRecipe, "run", lambda self, cfg: seen.append(cfg) or tmp_path / "last.ckpt")
+    study.train_vae(tmp_path / "data", tmp_path / "vae", "tiny", 1, 0, False, focus=study.StudyConfig().vae_focus)
+    study.train_model(tmp_path / "data", tmp_path / "run", "tiny", tmp_path / "vae.ckpt", 1, 0, False, latents=False,
+                      extra=study.focus_section(20.0))
+    study.train_model(tmp_path / "data", tmp_path / "run", "tiny", tmp_path / "vae.ckpt", 1, 0, False, latents=False,
+                      extra=study.focus_section(0.0))
+    assert [c.focus.weight for c in seen] == [10.0, 20.0, 0.0]
 
 
 def test_vae_floor_reads_the_controls_the_vae_keeps(tmp_path: Path) -> None:

@@ -183,3 +183,49 @@ def test_distill_loss_is_zero_against_itself_and_trains_only_the_student() -> No
     gap.backward()
     assert student.head.out.weight.grad is not None and student.z_in.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_weighted_loss_is_the_weighted_mean_of_the_token_errors():
+    """Uniform weights give the plain loss; ``L(w) * sum(w)`` is linear in ``w`` (same draw)."""
+    dec = make_decoder(diffusion_batch_mul=2)
+    z, tokens = torch.randn(2, 16, 16), torch.randn(2, 16, 8)
+
+    def run(weight):
+        with torch.no_grad():
+            return float(dec.loss(z, tokens, generator=torch.Generator().manual_seed(4), weight=weight))
+
+    mask = dec.random_masks(2, torch.Generator().manual_seed(4))
+    assert run(torch.full((2, 16), 2.5)) == pytest.approx(run(None), rel=1e-5)
+    a, b = torch.rand(2, 16) + 0.1, torch.zeros(2, 16)
+    b[0, 3] = b[1, 7] = 5.0
+
+    def total(w):  # the weighted sum: L(w) times the weight of the masked elements (x diffusion_batch_mul)
+        return run(w) * float((w[..., None] if w.dim() == 2 else w).expand(2, 16, 8)[mask].sum()) * 2
+
+    assert total(a + b) == pytest.approx(total(a) + total(b), rel=1e-4)
+    assert run(a[..., None].expand(2, 16, 8)) == pytest.approx(run(a), rel=1e-5)  # per-token = equal per-element
+    c = torch.rand(2, 16, 8) + 0.1
+    assert total(c + b[..., None]) == pytest.approx(total(c) + total(b[..., None].expand(2, 16, 8)), rel=1e-4)
+
+
+def test_weighted_elements_are_learnt_first():
+    """60 steps on 8 context -> frame pairs: with two of every token's eight elements weighted x30,
+    the decoder reproduces those two far better than the plain loss does (measured 0.35 -> 0.09)."""
+
+    def error_on_weighted(weight: float) -> float:
+        dec = make_decoder(diffusion_batch_mul=4)
+        g = torch.Generator().manual_seed(0)
+        z, target = torch.randn(8, 16, 16, generator=g), torch.randn(8, 16, 8, generator=g)
+        w = torch.ones(8, 16, 8)
+        w[..., :2] = weight
+        opt = torch.optim.AdamW(dec.parameters(), lr=3e-3, weight_decay=0.0)
+        for _ in range(60):
+            opt.zero_grad()
+            dec.loss(z, target, weight=w).backward()
+            opt.step()
+        dec.eval()
+        out = dec.sample(z, None, steps=4, denoise_steps=20, cfg=1.0, generator=torch.Generator().manual_seed(1))
+        return float((out - target)[..., :2].pow(2).mean())
+
+    plain, focused = error_on_weighted(1.0), error_on_weighted(30.0)
+    assert focused < 0.5 * plain, (plain, focused)

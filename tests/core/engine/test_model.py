@@ -109,9 +109,9 @@ def contexts(model: EarTalkModel, batch: dict, seed: int = 0) -> tuple[torch.Ten
     seen = {}
     original = model.decoder.loss
 
-    def spy(z, tokens, generator=None):
+    def spy(z, tokens, generator=None, weight=None):
         seen["z"], seen["tokens"] = z.detach().clone(), tokens.detach().clone()
-        return original(z, tokens, generator)
+        return original(z, tokens, generator, weight=weight)
 
     model.decoder.loss = spy
     torch.manual_seed(seed)
@@ -235,7 +235,7 @@ def test_the_diffusion_target_is_what_arch_target_says(toy_stack, target):
     model.vae.fit_latent_stats([batch["frames"]])
     seen = {}
 
-    def spy(z, targets):
+    def spy(z, targets, weight=None):
         seen["targets"] = targets
         return targets.sum() * 0
 
@@ -320,3 +320,27 @@ def test_keep_loss_holds_flagged_replay_clips_with_their_new_controls(toy_stack)
     null_toy = {**alone, "signals": {"toy": torch.full_like(alone["signals"]["toy"], float("nan"))}, "present": {}}
     # (the teachers differ far more than toy moves the student; without toy the two runs are bit-identical)
     assert abs(gap(flagged(alone, True)) - gap(null_toy)) > 1e-5 * one, "the flagged clip's control reaches the student"
+
+
+def test_focus_weights_land_on_the_latent_pixels_they_cover_and_uniform_focus_is_the_plain_loss(toy_stack):
+    torch.manual_seed(0)
+    model = EarTalkModel(get_arch("tiny"), toy_stack).eval()  # 64 px, VAE factor 4, patch 4: 16 tokens of 4 x 4 x 4
+    pixels = torch.ones(1, 1, 1, 64, 64)
+    pixels[..., 40:44, 8:12] = 17.0  # exactly latent pixel (10, 2): token (2, 0), in-patch (2, 2)
+    weights = model.token_weights(pixels, 4, 4)
+    assert weights.shape == (1, 1, 16, 64)
+    latent = torch.ones(1, 1, 4, 16, 16)
+    latent[..., 10, 2] = 17.0
+    assert torch.equal(weights, patchify(latent, 4))  # every channel of that latent pixel, none else
+    assert torch.equal(weights[0, 0, 8].reshape(4, 4, 4)[:, 2, 2], torch.full((4,), 17.0))
+    batch = smooth_batch()
+    model.vae.fit_latent_stats([batch["frames"]])
+    uneven = torch.rand(2, 6, 1, 64, 64) * 10
+    with torch.no_grad():
+        torch.manual_seed(1)
+        plain = float(model.loss(batch)["loss"])
+        torch.manual_seed(1)
+        uniform = float(model.loss({**batch, "focus": torch.full((2, 6, 1, 64, 64), 4.0)})["loss"])
+        torch.manual_seed(1)
+        focused = float(model.loss({**batch, "focus": uneven})["loss"])
+    assert uniform == pytest.approx(plain, rel=1e-5) and focused != pytest.approx(plain, rel=1e-3)
