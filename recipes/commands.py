@@ -144,7 +144,7 @@ class DemoCommand(Command):
         parser.add_argument("--seconds", type=float, default=d["seconds"], help="seconds per clip")
         parser.add_argument("--vae-steps", type=int, default=d["vae_steps"], help="VAE training steps")
         parser.add_argument("--vae-focus", type=float, default=d["vae_focus"],
-                            help="VAE reconstruction weight around the eyes and mouth (0 = plain L1)")
+                            help="VAE reconstruction weight around the eyes and mouth (default 0 = plain L1; docs/training.md, Focus)")
         parser.add_argument("--steps", type=int, default=d["steps"], help="training steps of the AR model")
         parser.add_argument("--frames", type=int, default=d["frames"], help="frames to generate (25 per second)")
         parser.add_argument("--seed", type=int, default=0)

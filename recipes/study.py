@@ -187,7 +187,7 @@ def train_vae(data: Path, out: Path, preset: str, steps: int, seed: int, progres
                      "data": {"root": str(data), "clip_frames": 2, "batch_size": 8, "val_fraction": val_fraction},
                      "optim": {"lr": 2e-3, "weight_decay": 0.0, "warmup_steps": 50},
                      "trainer": trainer_section(steps, progress), "focus": {"weight": float(focus)}}, VAEConfig)
-    VAERecipe.validate(cfg, "study VAE")
+    VAERecipe.validate(cfg, "VAE (--vae-focus)")
     return VAERecipe().run(cfg)
 
 

@@ -63,3 +63,20 @@ def test_tiny_demo_writes_video_and_summary(tmp_path: Path) -> None:
     frames = read_video(saved["video"], max_frames=2).frames
     assert frames.shape[-1] == 2 * frames.shape[-2], "truth and generated side by side"
     assert summary["fps"] > 0 and saved["budget"]["steps"] == 20
+
+
+def test_demo_cli_passes_vae_focus(monkeypatch, tmp_path: Path) -> None:
+    """``eartalk demo --vae-focus W`` reaches the demo (default: the plain L1, 0)."""
+    import argparse
+
+    import eartalk.recipes.demo as demo
+    from eartalk.recipes.commands import DemoCommand
+
+    seen = []
+    parser = argparse.ArgumentParser()
+    command = DemoCommand()
+    command.add_arguments(parser)  # defaults from run_demo's signature, before it is replaced
+    monkeypatch.setattr(demo, "run_demo", lambda out, **kw: seen.append(kw) or {})
+    command.run(parser.parse_args(["--out", str(tmp_path), "--vae-focus", "10"]))
+    command.run(parser.parse_args(["--out", str(tmp_path)]))
+    assert [kw["vae_focus"] for kw in seen] == [10.0, 0.0]
