@@ -41,8 +41,8 @@ class FocusConfig:
     a pixel, so a loss averaged over the whole frame can blur them away at little cost. With
     ``weight > 0`` every pixel's weight is ``1 + weight * max_k exp(-d_k^2 / 2 sigma^2)`` around the
     points (:func:`eartalk.core.engine.vae.focus_weights`); the ``train`` recipe averages it over
-    each latent pixel's footprint and weights that pixel's elements of the diffusion loss. Needs datasets that store the ``keypoints`` extra (``eartalk synth``
-    does; ``eartalk prepare`` does not).
+    each latent pixel's footprint and weights that pixel's elements of the diffusion loss. Needs
+    datasets that store the ``keypoints`` extra (``eartalk synth`` does; ``eartalk prepare`` does not).
 
     Attributes:
         weight: extra weight at a point (0 = off: the plain loss).

@@ -239,12 +239,12 @@ class EarTalkModel(nn.Module):
         z = self.backbone(ref_tokens, cond, prev, clean_first=not mid)  # (B, T', N, D)
         weight = None
         if batch.get("focus") is not None:
-            weight = self.token_weights(batch["focus"].to(z.device, z.dtype), a.patch_size, a.latent_channels)  # (B, T, N, c)
+            weight = self.token_weights(batch["focus"].to(z.device, z.dtype))  # (B, T, N, c)
             weight = (weight[:, 1:] if mid else weight).flatten(0, 1)
         loss = self.decoder.loss(z.flatten(0, 1), self.to_target(targets, ref_tokens).flatten(0, 1), weight=weight)
         return {"loss": loss}
 
-    def token_weights(self, pixel_weights: torch.Tensor, patch_size: int, channels: int) -> torch.Tensor:
+    def token_weights(self, pixel_weights: torch.Tensor) -> torch.Tensor:
         """Per-pixel weights ``(B, T, 1, R, R)`` -> weights of every token element ``(B, T, N, c)``:
         the mean over each latent pixel's ``f x f`` footprint in the frame, the same for all ``C``
         channels, laid out as :func:`patchify` lays out the latents (so an eye weights the few
@@ -254,8 +254,8 @@ class EarTalkModel(nn.Module):
         if r % factor:
             raise ValueError(f"token_weights: a {r} x {r} frame does not divide by the VAE factor {factor}")
         latent = F.avg_pool2d(pixel_weights.reshape(b * t, 1, r, r), factor)  # (B*T, 1, h, w)
-        latent = latent.reshape(b, t, 1, r // factor, r // factor).expand(-1, -1, channels, -1, -1)
-        return patchify(latent, patch_size)
+        latent = latent.reshape(b, t, 1, r // factor, r // factor).expand(-1, -1, self.arch.latent_channels, -1, -1)
+        return patchify(latent, self.arch.patch_size)
 
     def replay_clips(self, batch: Mapping[str, Any], old: set[str] | list[str],
                      present: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:

@@ -327,7 +327,7 @@ def test_focus_weights_land_on_the_latent_pixels_they_cover_and_uniform_focus_is
     model = EarTalkModel(get_arch("tiny"), toy_stack).eval()  # 64 px, VAE factor 4, patch 4: 16 tokens of 4 x 4 x 4
     pixels = torch.ones(1, 1, 1, 64, 64)
     pixels[..., 40:44, 8:12] = 17.0  # exactly latent pixel (10, 2): token (2, 0), in-patch (2, 2)
-    weights = model.token_weights(pixels, 4, 4)
+    weights = model.token_weights(pixels)
     assert weights.shape == (1, 1, 16, 64)
     latent = torch.ones(1, 1, 4, 16, 16)
     latent[..., 10, 2] = 17.0
