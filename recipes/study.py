@@ -54,6 +54,10 @@ from eartalk.core.types import VIDEO_FPS, to_uint8
 
 STUDY_CONDITIONS = ("audio", "voice_activity", "head_pose", "blink", "gaze", "emotion")
 AUDIO_CONDITIONS = ("audio", "voice_activity")
+#: ``model.arch`` overrides of the study's main model and ablations (``--arch KEY=VALUE``): none by
+#: default (the wider head and the context skip were measured and did not change a target's side;
+#: docs/study.md, "Why the controls are not learnt").
+STUDY_ARCH: dict[str, Any] = {}
 #: Ablation name -> ``model.arch`` overrides (H1's SFA switches in ModelArch).
 ABLATIONS: dict[str, dict[str, Any]] = {
     "sink": {},
@@ -85,6 +89,8 @@ class StudyConfig:
             ``focus.weight``; 0 = the plain L1).
         focus: the model's diffusion-loss weight around the eyes and mouth (the ``train``
             recipe's ``focus.weight``, main model and ablations alike; 0 = off).
+        arch: ``model.arch`` overrides of the preset for the main model and every ablation
+            (each ablation adds its own switch); default :data:`STUDY_ARCH`.
         steps: main model training steps.
         ablation_steps: training steps of every ablation variant (the same for all; equal to
             ``steps`` reuses the main model as the ``sink`` variant).
@@ -113,6 +119,7 @@ class StudyConfig:
     vae_steps: int = 1500
     vae_focus: float = 10.0
     focus: float = 0.0
+    arch: dict[str, Any] = attrs.field(factory=lambda: dict(STUDY_ARCH))
     steps: int = 4000
     ablation_steps: int = 600
     ablations: tuple[str, ...] = ("sink", "no_sink", "no_adaln_identity")
@@ -154,6 +161,15 @@ class StudyConfig:
                            *((f"--ablation-checkpoint {k}", v) for k, v in self.ablation_checkpoints.items())):
             if path and not Path(path).is_file():
                 raise InputError(f"study: {what} {path} does not exist")
+        from eartalk.core.engine.presets import PRESETS
+
+        try:
+            attrs.evolve(PRESETS[self.preset], **self.arch)
+        except TypeError as err:
+            from eartalk.core.engine.presets import ModelArch
+
+            unknown = sorted(set(self.arch) - {f.name for f in attrs.fields(ModelArch)})
+            raise ConfigError(f"study: --arch names unknown model.arch field(s) {unknown} ({err})") from None
         if self.checkpoint and not self.vae_checkpoint:
             raise ConfigError("study: --checkpoint needs --vae-checkpoint too (the VAE its model was trained with)")
 
@@ -363,13 +379,14 @@ def measure(model: Any, items: list[dict[str, Any]], probe: Any, frames: int, la
     video, seconds = stream_batch(model, torch.stack(refs), signals, frames, label, progress)
     video = video.view(len(items), len(STREAMS), *video.shape[1:])  # (I, S, T, 3, R, R)
     early, late = windows(frames)
-    l1s, psnrs, rows = [], [], []
+    l1s, psnrs, static_psnrs, rows = [], [], [], []
     sweep = yaw_sweep(frames)
     for k, item in enumerate(items):
         truth = to_uint8(item["frames"][:frames])
         l1, psnr = per_frame_l1_psnr(video[k, 0], truth)
         l1s.append(l1)
         psnrs.append(psnr)
+        static_psnrs.append(per_frame_l1_psnr(truth[:1].expand(frames, -1, -1, -1), truth)[1])
         reads = {s: probe.read(video[k, i]) for i, s in enumerate(STREAMS)}
         sig, truth_read = truth_controls(item, frames)
         true_mouth = truth_read["mouth"]
@@ -395,6 +412,7 @@ def measure(model: Any, items: list[dict[str, Any]], probe: Any, frames: int, la
         drift_l1_late_over_early=float(l1[late].mean() / max(l1[early].mean(), 1e-9)),
         l1_early=float(l1[early].mean()), l1_late=float(l1[late].mean()), l1_mean=float(l1.mean()),
         psnr_early_db=float(psnr[early].mean()), psnr_late_db=float(psnr[late].mean()),
+        psnr_late_db_static=float(np.mean(static_psnrs, 0)[late].mean()),
         windows={"early": [early.start, early.stop], "late": [late.start, late.stop]},
         eval_frames=frames, identities=len(items), streams_per_identity=len(STREAMS),
         batched_frames_per_s=float(video.shape[0] * video.shape[1] * frames / seconds),
@@ -527,7 +545,8 @@ TARGETS = {"drift_l1_late_over_early": ("<=", 1.25), "psnr_late_db": (">=", 22.0
 
 #: The baseline each control figure is read against (report.md's baseline column).
 BASELINES = {"yaw_mae_deg": "yaw_mae_deg_nocontrol", "blink_f1": "blink_f1_nocontrol",
-             "emotion_accuracy": "emotion_accuracy_nocontrol", "mouth_corr": "mouth_corr_shuffled"}
+             "emotion_accuracy": "emotion_accuracy_nocontrol", "mouth_corr": "mouth_corr_shuffled",
+             "psnr_late_db": "psnr_late_db_static"}
 
 
 def vae_ceiling_lines(report: dict[str, Any]) -> list[str]:
@@ -554,6 +573,7 @@ def write_markdown(path: Path, report: dict[str, Any]) -> Path:
               f"({b.get('emotion_segments', 1)} emotion segment(s) per clip, head motion up to {b.get('motion_hz', 0.4)} Hz)",
               f"- VAE: {_steps(b['vae_steps'])}; main model: {_steps(b['steps'])}; every ablation variant: {b['ablation_steps']} steps",
               f"- loss weight around the eyes and mouth (focus): VAE {b.get('vae_focus', 0)}, model {b.get('focus', 0)}",
+              f"- model arch overrides of the {b['preset']} preset: {b.get('arch', {}) or 'none'}",
               f"- training minutes: VAE {b['vae_minutes']:.1f}, main model {b['model_minutes']:.1f}, "
               f"ablations {b['ablation_minutes']:.1f} (total {b['total_minutes']:.1f})",
               f"- evaluation: {report['identities']} held-out identities x {report['eval_frames']} frames "
@@ -650,7 +670,7 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
     else:
         t0 = time.perf_counter()
         main_ckpt = train_model(data, out / "model", cfg.preset, vae, cfg.steps, cfg.seed, cfg.progress, batch_size=cfg.batch_size,
-                                extra=focus_section(cfg.focus))
+                                arch=cfg.arch, extra=focus_section(cfg.focus))
         minutes["model"] = (time.perf_counter() - t0) / 60
     checkpoints = {"vae": str(vae), "model": str(main_ckpt)}
     ablation_ckpts: dict[str, tuple[Path, float]] = {}
@@ -662,7 +682,8 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
         else:
             t0 = time.perf_counter()
             path = train_model(data, out / f"ablation_{name}", cfg.preset, vae, cfg.ablation_steps, cfg.seed,
-                               cfg.progress, arch=ABLATIONS[name], batch_size=cfg.batch_size, extra=focus_section(cfg.focus))
+                               cfg.progress, arch={**cfg.arch, **ABLATIONS[name]}, batch_size=cfg.batch_size,
+                               extra=focus_section(cfg.focus))
             ablation_ckpts[name] = (path, (time.perf_counter() - t0) / 60)
         checkpoints[f"ablation_{name}"] = str(ablation_ckpts[name][0])
     minutes["ablations"] = sum(m for p, m in ablation_ckpts.values() if p != main_ckpt)
@@ -709,7 +730,8 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
                    "vae_steps": cfg.vae_steps if not cfg.vae_checkpoint else "checkpoint",
                    "steps": cfg.steps if not cfg.checkpoint else "checkpoint", "ablation_steps": cfg.ablation_steps,
                    "batch_size": cfg.batch_size, "vae_focus": cfg.vae_focus if not cfg.vae_checkpoint else "checkpoint",
-                   "focus": cfg.focus, "vae_minutes": minutes["vae"], "model_minutes": minutes["model"],
+                   "focus": cfg.focus, "arch": dict(cfg.arch) if not cfg.checkpoint else "checkpoint",
+                   "vae_minutes": minutes["vae"], "model_minutes": minutes["model"],
                    "ablation_minutes": minutes["ablations"],
                    "total_minutes": minutes["vae"] + minutes["model"] + minutes["ablations"]},
         "ablations": {n: {k: v for k, v in _clean(r).items() if k != "curves"} for n, r in ablations.items()},
@@ -730,6 +752,23 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # command
 # ---------------------------------------------------------------------------------------------
+def parse_arch(items: list[str]) -> dict[str, Any]:
+    """``--arch`` items -> ``model.arch`` overrides: :data:`STUDY_ARCH` updated by each ``KEY=VALUE``
+    (values read as YAML: ``true``, ``256``, ``0.5``); an item ``preset`` starts from no override."""
+    import yaml
+
+    out = dict(STUDY_ARCH)
+    for item in items:
+        if item.strip() == "preset":
+            out = {}
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"study: --arch {item!r} is not KEY=VALUE (e.g. --arch head_width=128) or 'preset'")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
 def _parse_pairs(items: list[str]) -> dict[str, str]:
     out = {}
     for item in items:
@@ -759,6 +798,9 @@ class StudyCommand(Command):
                             help=f"VAE reconstruction weight around the eyes and mouth, 0 = off (default {d.vae_focus:g})")
         parser.add_argument("--focus", type=float,
                             help=f"model diffusion-loss weight around the eyes and mouth, 0 = off (default {d.focus:g})")
+        parser.add_argument("--arch", action="append", default=[], metavar="KEY=VALUE",
+                            help="model.arch override of the main model and the ablations, on top of the study's "
+                                 f"{STUDY_ARCH} (repeatable; 'preset' drops those: the plain preset)")
         parser.add_argument("--steps", type=int, help=f"main model training steps (default {d.steps})")
         parser.add_argument("--ablation-steps", type=int, help=f"steps of every ablation variant (default {d.ablation_steps})")
         parser.add_argument("--ablations", help=f"comma-separated variants (default {','.join(d.ablations)}; '' for none)")
@@ -784,6 +826,8 @@ class StudyCommand(Command):
                     "ablation_steps", "heldout", "eval_frames", "guidance"):
             if getattr(args, key) is not None:
                 fields[key] = getattr(args, key)
+        if args.arch:
+            fields["arch"] = parse_arch(args.arch)
         if args.ablations is not None:
             fields["ablations"] = tuple(a.strip() for a in args.ablations.split(",") if a.strip())
         cfg = quick_config(args.out, **fields) if args.quick else StudyConfig(out=args.out, **fields)

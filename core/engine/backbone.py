@@ -302,6 +302,8 @@ class Backbone(nn.Module):
         sink_attention: bool = True,
         adaln_identity: bool = True,
         control_adaln: bool = False,
+        context_skip: bool = False,
+        skip_delta: bool = False,
     ) -> None:
         super().__init__()
         if period <= window:
@@ -339,6 +341,15 @@ class Backbone(nn.Module):
             self.ctrl_ada = nn.Linear(num_slots * width, identity_dim)
             nn.init.zeros_(self.ctrl_ada.weight)  # starts as the identity-only modulation
             nn.init.zeros_(self.ctrl_ada.bias)
+        # Context skip (our choice, off by default): each visual output z_t gets a linear map of
+        # its own input token (minus the reference's with ``skip_delta``), zero-initialised, so
+        # "frame t looks like frame t - 1" is one linear layer away instead of a path through the
+        # whole residual stream.
+        self.skip_delta = skip_delta
+        self.context_skip = nn.Linear(token_dim, width) if context_skip else None
+        if self.context_skip is not None:
+            nn.init.zeros_(self.context_skip.weight)
+            nn.init.zeros_(self.context_skip.bias)
         self.norm_out = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(identity_dim, 2 * width))
         nn.init.zeros_(self.ada_out[1].weight)
@@ -376,6 +387,14 @@ class Backbone(nn.Module):
         per_block = torch.cat([ctrl.new_zeros(ctrl.shape[0], 1, ctrl.shape[-1]), ctrl], dim=1)  # (B, 1 + T, I): sink first
         index = torch.where(blocks == 0, 0, blocks - start + 1)  # (S,) into per_block
         return self.modulations(identity[:, None] + per_block[:, index])
+
+    def skip(self, z: torch.Tensor, prev_tokens: torch.Tensor, ref_tokens: torch.Tensor) -> torch.Tensor:
+        """``z`` ``(B, T, N, D)`` plus the context skip of the (noised) context tokens ``(B, T, N, c)``
+        (unchanged without ``context_skip``); ``ref_tokens`` ``(B, N, c)``."""
+        if self.context_skip is None:
+            return z
+        source = prev_tokens - ref_tokens[:, None] if self.skip_delta else prev_tokens
+        return z + self.context_skip(source)
 
     def embed_sink(self, ref_tokens: torch.Tensor) -> torch.Tensor:
         """Sink block ``(B, N, D)`` from reference tokens ``(B, N, c)``."""
@@ -462,7 +481,7 @@ class Backbone(nn.Module):
         if return_all:
             return x
         frames = x[:, self.num_tokens :].reshape(b, t, self.block_len, self.width)
-        return frames[:, :, self.num_slots :]  # (B, T, N, D)
+        return self.skip(frames[:, :, self.num_slots :], prev_tokens, ref_tokens)  # (B, T, N, D)
 
     def token_blocks(self, frames: int, start: int = 1, device: torch.device | str | None = None) -> torch.Tensor:
         """``(N + T * (K + N),)`` block index of every position of a sequence."""
@@ -491,6 +510,7 @@ class Backbone(nn.Module):
         mods = self.modulations(identity)
         cache = self.new_cache(ref_tokens.shape[0], ref_tokens.device, ref_tokens.dtype)
         cache.identity = identity  # per-frame control modulations add to it in step()
+        cache.ref_tokens = ref_tokens  # the context skip subtracts them in step()
         cache.begin_sink()
         x = self.embed_sink(ref_tokens)  # (B, N, D)
         blocks = torch.zeros(self.num_tokens, dtype=torch.long, device=x.device)
@@ -526,4 +546,4 @@ class Backbone(nn.Module):
             x = blk(x, mods[i], None, self.rotary, cos_sin, cache, i)
         shift, scale = mods[-1].unbind(1)
         x = modulate(self.norm_out(x), shift, scale)
-        return x[:, self.num_slots :]  # (B, N, D)
+        return self.skip(x[:, None, self.num_slots :], prev_tokens[:, None], cache.ref_tokens)[:, 0]  # (B, N, D)

@@ -81,6 +81,8 @@ class EarTalkModel(nn.Module):
             sink_attention=arch.sink_attention,
             adaln_identity=arch.adaln_identity,
             control_adaln=arch.control_adaln,
+            context_skip=arch.context_skip,
+            skip_delta=arch.target == "reference_delta",
         )
         self.decoder = MARDecoder(
             token_dim=arch.token_dim,

@@ -154,6 +154,12 @@ class ModelArch:
             frame's condition slots (flattened, projected, zero-initialised) are added to the adaLN
             identity vector that modulates that frame block's positions (DiT's adaLN conditioning
             per frame; the slots stay in context as the paper has them).
+        context_skip: *our choice*, off by default: the backbone's context ``z_t`` at each visual
+            position gets a zero-initialised linear map of that position's context token (frame
+            t - 1; minus the reference token with the ``"reference_delta"`` target, so the map works
+            in the target's own space), so repeating the previous frame is one linear layer away
+            for the MAR head instead of a path through the whole residual stream. Uses the noised
+            context in training, like every other path.
         adaln_identity: adaLN is modulated by the identity pooled from the reference; False replaces
             it with a learned constant vector (the "no adaLN identity" ablation).
         context_drop_prob: per training clip, probability that every block's context is the
@@ -207,6 +213,7 @@ class ModelArch:
     sink_attention: bool = True
     adaln_identity: bool = True
     control_adaln: bool = False
+    context_skip: bool = False
     # training that matches inference (condition dropout, rollout, clip windows)
     drop_null_prob: float = 0.1
     drop_keep_prob: float = 0.1

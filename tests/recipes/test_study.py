@@ -112,6 +112,14 @@ def test_bad_study_inputs_fail_clearly(tmp_path: Path) -> None:
     for bad in ({"vae_focus": -1.0}, {"focus": float("nan")}):
         with pytest.raises(ConfigError, match="--vae-focus and --focus must be >= 0"):
             StudyConfig(**bad)
+    with pytest.raises(ConfigError, match=r"unknown model.arch field\(s\) \['head_widht'\]"):
+        StudyConfig(arch={"head_widht": 256})
+    with pytest.raises(ConfigError, match="context_noise must be >= 0"):  # ModelArch's own checks run too
+        StudyConfig(arch={"context_noise": -1.0})
+    from eartalk.recipes.study import parse_arch
+
+    with pytest.raises(InputError, match="KEY=VALUE"):
+        parse_arch(["head_width"])
 
 
 def test_study_cli_passes_the_training_data_options(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -137,6 +145,11 @@ def test_study_cli_passes_the_training_data_options(monkeypatch: pytest.MonkeyPa
     command.run(parser.parse_args(["--out", "x", "--json"]))
     d = study.StudyConfig()
     assert (seen["cfg"].emotion_segments, seen["cfg"].motion_hz, seen["cfg"].guidance) == (d.emotion_segments, d.motion_hz, None)
+    assert seen["cfg"].arch == study.STUDY_ARCH
+    command.run(parser.parse_args(["--out", "x", "--json", "--arch", "head_width=128", "--arch", "context_noise=1.0"]))
+    assert seen["cfg"].arch == {**study.STUDY_ARCH, "head_width": 128, "context_noise": 1.0}
+    command.run(parser.parse_args(["--out", "x", "--json", "--arch", "preset", "--arch", "context_skip=true"]))
+    assert seen["cfg"].arch == {"context_skip": True}
 
 
 def test_with_guidance_sets_the_sessions_default_cfg() -> None:
@@ -209,6 +222,61 @@ def test_study_training_takes_the_focus_weights(tmp_path: Path, monkeypatch: pyt
     study.train_model(tmp_path / "data", tmp_path / "run", "tiny", tmp_path / "vae.ckpt", 1, 0, False, latents=False,
                       extra=study.focus_section(0.0))
     assert [c.focus.weight for c in seen] == [10.0, 20.0, 0.0]
+
+
+def test_study_trains_main_model_and_ablations_with_its_arch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``arch`` reaches the main model's train config and every ablation's, with the ablation's switch on top."""
+    from eartalk.recipes import study
+
+    calls = []
+
+    def fake_train(data, out, preset, vae, steps, seed, progress, arch=None, **kw):
+        calls.append((out.name, dict(arch or {})))
+        if len(calls) == 2:
+            raise RuntimeError("stop")  # both training calls seen: skip the measuring
+        return tmp_path / "m.ckpt"
+
+    monkeypatch.setattr(study, "train_model", fake_train)
+    monkeypatch.setattr(study, "train_vae", lambda *a, **k: tmp_path / "vae.ckpt")
+    monkeypatch.setattr("eartalk.metrics.probe.get_or_train_probe", lambda *a, **k: (None, {}))
+    monkeypatch.setattr("eartalk.core.data.synth.synthesize_dataset", lambda out, **k: out)
+    cfg = StudyConfig(out=str(tmp_path / "s"), arch={"head_width": 128}, ablations=("no_sink",), progress=False)
+    with pytest.raises(RuntimeError, match="stop"):
+        run_study(cfg)
+    assert calls == [("model", {"head_width": 128}), ("ablation_no_sink", {"head_width": 128, "sink_attention": False})]
+
+
+def test_measure_reports_the_static_portrait_psnr(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``psnr_late_db_static``: the portrait repeated against the truth; a model that streams the
+    portrait scores exactly that, one that streams the truth scores far above it."""
+    from eartalk.recipes import study
+    from eartalk.recipes.study import measure
+
+    frames = 40
+    item = fake_item(frames)
+    item["signals"]["gaze"] = torch.zeros(frames, 4)
+    item["extras"] = {"mouth": torch.rand(frames, 1, generator=torch.Generator().manual_seed(2))}
+
+    class Probe:
+        def read(self, video: torch.Tensor) -> dict:
+            t = video.shape[0]
+            return {"blink": np.zeros((t, 2)), "gaze": np.zeros((t, 4)), "emotion": np.ones(t),
+                    "mouth": np.linspace(0, 1, t), "head_pose": np.zeros((t, 6))}
+
+    def streaming(of):
+        def fake(model, refs, signals, n, label="", progress=True):
+            video = of(len(refs))  # (B, T, 3, R, R) uint8
+            return video, 1.0
+        return fake
+
+    truth = study.to_uint8(item["frames"])
+    monkeypatch.setattr(study, "stream_batch", streaming(lambda b: truth[:1][None].expand(b, frames, -1, -1, -1)))
+    static = measure(None, [item], Probe(), frames, "static", progress=False)
+    assert static["psnr_late_db"] == pytest.approx(static["psnr_late_db_static"])
+    monkeypatch.setattr(study, "stream_batch", streaming(lambda b: truth[None].expand(b, -1, -1, -1, -1)))
+    perfect = measure(None, [item], Probe(), frames, "truth", progress=False)
+    assert perfect["psnr_late_db_static"] == pytest.approx(static["psnr_late_db_static"])
+    assert perfect["psnr_late_db"] > static["psnr_late_db_static"] + 20
 
 
 def test_vae_floor_reads_the_controls_the_vae_keeps(tmp_path: Path) -> None:

@@ -23,6 +23,8 @@ def make_backbone(depth: int = 2, window: int = 3, period: int = 8, seed: int = 
     torch.nn.init.normal_(bb.ada_out[1].weight, std=0.3)
     if bb.control_adaln:
         torch.nn.init.normal_(bb.ctrl_ada.weight, std=0.1)
+    if bb.context_skip is not None:
+        torch.nn.init.normal_(bb.context_skip.weight, std=0.3)
     return bb.eval().double()
 
 
@@ -153,6 +155,28 @@ def test_control_adaln_streams_exactly_and_each_frame_is_modulated_by_its_own_sl
         block4 = slice(N + 3 * (K + N), N + 4 * (K + N))
         assert (mods_a[:, block4] - mods_b[:, block4]).abs().max() > 1e-3  # frame 4's own modulation moved
         torch.testing.assert_close(mods_a[:, : N + 3 * (K + N)], mods_b[:, : N + 3 * (K + N)])
+
+
+@pytest.mark.parametrize("skip_delta", [True, False])
+def test_context_skip_adds_a_linear_map_of_each_positions_own_context_and_streams_exactly(skip_delta):
+    """``context_skip``: z_t = the plain backbone's z_t + W (prev_t - ref) (or W prev_t) at the same
+    position, zero at init; the cached path equals the full pass."""
+    bb = make_backbone(depth=2, window=3, context_skip=True, skip_delta=skip_delta)
+    plain = make_backbone(depth=2, window=3)
+    plain.load_state_dict({k: v for k, v in bb.state_dict().items() if not k.startswith("context_skip.")})
+    fresh = Backbone(token_dim=C_TOK, num_tokens=N, grid=GRID, num_slots=K, cond_dim=16, width=32, heads=4, depth=2,
+                     identity_dim=8, window=3, context_skip=True)
+    assert fresh.context_skip.weight.abs().max() == 0 and fresh.context_skip.bias.abs().max() == 0  # starts as a no-op
+    frames = 6
+    ref, cond, prev = inputs(frames=frames, batch=2)
+    with torch.no_grad():
+        full = bb(ref, cond, prev)
+        source = prev - ref[:, None] if skip_delta else prev
+        torch.testing.assert_close(full, plain(ref, cond, prev) + bb.context_skip(source), rtol=1e-9, atol=1e-9)
+        cache, mods = bb.open(ref)
+        for t in range(1, frames + 1):
+            torch.testing.assert_close(bb.step(cond[:, t - 1], prev[:, t - 1], t, cache, mods), full[:, t - 1],
+                                       rtol=1e-9, atol=1e-9)
 
 
 def test_output_does_not_depend_on_frame_number():
