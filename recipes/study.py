@@ -54,10 +54,6 @@ from eartalk.core.types import VIDEO_FPS, to_uint8
 
 STUDY_CONDITIONS = ("audio", "voice_activity", "head_pose", "blink", "gaze", "emotion")
 AUDIO_CONDITIONS = ("audio", "voice_activity")
-#: ``model.arch`` overrides of the study's main model and ablations (``--arch KEY=VALUE``): none by
-#: default (the wider head and the context skip were measured and did not change a target's side;
-#: docs/study.md, "Why the controls are not learnt").
-STUDY_ARCH: dict[str, Any] = {}
 #: Ablation name -> ``model.arch`` overrides (H1's SFA switches in ModelArch).
 ABLATIONS: dict[str, dict[str, Any]] = {
     "sink": {},
@@ -90,7 +86,9 @@ class StudyConfig:
         focus: the model's diffusion-loss weight around the eyes and mouth (the ``train``
             recipe's ``focus.weight``, main model and ablations alike; 0 = off).
         arch: ``model.arch`` overrides of the preset for the main model and every ablation
-            (each ablation adds its own switch); default :data:`STUDY_ARCH`.
+            (each ablation adds its own switch); none by default (the wider head and the context
+            skip were measured and did not change a target's side: docs/study.md, "Why the
+            controls are not learnt").
         steps: main model training steps.
         ablation_steps: training steps of every ablation variant (the same for all; equal to
             ``steps`` reuses the main model as the ``sink`` variant).
@@ -119,7 +117,7 @@ class StudyConfig:
     vae_steps: int = 1500
     vae_focus: float = 10.0
     focus: float = 0.0
-    arch: dict[str, Any] = attrs.field(factory=lambda: dict(STUDY_ARCH))
+    arch: dict[str, Any] = attrs.field(factory=dict)
     steps: int = 4000
     ablation_steps: int = 600
     ablations: tuple[str, ...] = ("sink", "no_sink", "no_adaln_identity")
@@ -161,15 +159,9 @@ class StudyConfig:
                            *((f"--ablation-checkpoint {k}", v) for k, v in self.ablation_checkpoints.items())):
             if path and not Path(path).is_file():
                 raise InputError(f"study: {what} {path} does not exist")
-        from eartalk.core.engine.presets import PRESETS
+        from eartalk.recipes.config import ModelConfig, arch_from
 
-        try:
-            attrs.evolve(PRESETS[self.preset], **self.arch)
-        except TypeError as err:
-            from eartalk.core.engine.presets import ModelArch
-
-            unknown = sorted(set(self.arch) - {f.name for f in attrs.fields(ModelArch)})
-            raise ConfigError(f"study: --arch names unknown model.arch field(s) {unknown} ({err})") from None
+        arch_from(ModelConfig(preset=self.preset, arch=self.arch), "study (--arch)")  # the train recipe's checks
         if self.checkpoint and not self.vae_checkpoint:
             raise ConfigError("study: --checkpoint needs --vae-checkpoint too (the VAE its model was trained with)")
 
@@ -752,23 +744,6 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # command
 # ---------------------------------------------------------------------------------------------
-def parse_arch(items: list[str]) -> dict[str, Any]:
-    """``--arch`` items -> ``model.arch`` overrides: :data:`STUDY_ARCH` updated by each ``KEY=VALUE``
-    (values read as YAML: ``true``, ``256``, ``0.5``); an item ``preset`` starts from no override."""
-    import yaml
-
-    out = dict(STUDY_ARCH)
-    for item in items:
-        if item.strip() == "preset":
-            out = {}
-            continue
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise InputError(f"study: --arch {item!r} is not KEY=VALUE (e.g. --arch head_width=128) or 'preset'")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
 def _parse_pairs(items: list[str]) -> dict[str, str]:
     out = {}
     for item in items:
@@ -799,8 +774,8 @@ class StudyCommand(Command):
         parser.add_argument("--focus", type=float,
                             help=f"model diffusion-loss weight around the eyes and mouth, 0 = off (default {d.focus:g})")
         parser.add_argument("--arch", action="append", default=[], metavar="KEY=VALUE",
-                            help="model.arch override of the main model and the ablations, on top of the study's "
-                                 f"{STUDY_ARCH} (repeatable; 'preset' drops those: the plain preset)")
+                            help="model.arch override of the main model and the ablations, e.g. head_width=256 "
+                                 "(repeatable; default: the preset as it is)")
         parser.add_argument("--steps", type=int, help=f"main model training steps (default {d.steps})")
         parser.add_argument("--ablation-steps", type=int, help=f"steps of every ablation variant (default {d.ablation_steps})")
         parser.add_argument("--ablations", help=f"comma-separated variants (default {','.join(d.ablations)}; '' for none)")
@@ -827,7 +802,10 @@ class StudyCommand(Command):
             if getattr(args, key) is not None:
                 fields[key] = getattr(args, key)
         if args.arch:
-            fields["arch"] = parse_arch(args.arch)
+            from eartalk.core.config import apply_overrides
+            from eartalk.core.engine.presets import ModelArch
+
+            fields["arch"] = apply_overrides({}, args.arch, ModelArch)  # KEY=VALUE, YAML values, typos named
         if args.ablations is not None:
             fields["ablations"] = tuple(a.strip() for a in args.ablations.split(",") if a.strip())
         cfg = quick_config(args.out, **fields) if args.quick else StudyConfig(out=args.out, **fields)
