@@ -135,6 +135,7 @@ def run_demo(
         json_safe,
         load_heldout,
         per_frame_l1_psnr,
+        probe_sizes,
         stream_batch,
         train_model,
         train_vae,
@@ -149,8 +150,8 @@ def run_demo(
 
     start = time.perf_counter()
     probe_path = Path(probe) if probe else out / "probe.pt"
-    sizes = {k: v for k, v in (("identities", probe_identities), ("epochs", probe_epochs)) if v is not None}
-    reader, probe_info = get_or_train_probe(probe_path, ProbeTraining(**sizes, seed=seed + 17), heldout=4, progress=progress)
+    reader, probe_info = get_or_train_probe(probe_path, ProbeTraining(**probe_sizes(probe_identities, probe_epochs), seed=seed + 17),
+                                            heldout=4, progress=progress)
     timings["probe_s"] = time.perf_counter() - start
 
     start = time.perf_counter()

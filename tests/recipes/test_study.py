@@ -245,6 +245,27 @@ def test_study_trains_main_model_and_ablations_with_its_arch(tmp_path: Path, mon
     assert calls == [("model", {"head_width": 128}), ("ablation_no_sink", {"head_width": 128, "sink_attention": False})]
 
 
+@pytest.mark.parametrize("sizes", [{}, {"probe_identities": 12, "probe_epochs": 2}])
+def test_study_trains_the_probe_at_its_own_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sizes: dict) -> None:
+    """Unless told, the study trains the probe ``eartalk probe`` trains (a smaller one read emotion
+    at 0.24 on held-out truth frames); given sizes reach the probe's training."""
+    from eartalk.metrics.probe import ProbeTraining
+
+    seen = []
+
+    def fake_probe(path, training, **kw):
+        seen.append(training)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr("eartalk.metrics.probe.get_or_train_probe", fake_probe)
+    with pytest.raises(RuntimeError, match="stop"):
+        run_study(StudyConfig(out=str(tmp_path / "s"), progress=False, **sizes))
+    want = ProbeTraining(identities=sizes.get("probe_identities", ProbeTraining().identities),
+                         epochs=sizes.get("probe_epochs", ProbeTraining().epochs), seed=17)
+    assert seen == [want]
+    assert sizes or (want.identities, want.epochs) == (320, 14)
+
+
 def test_measure_reports_the_static_portrait_psnr(monkeypatch: pytest.MonkeyPatch) -> None:
     """``psnr_late_db_static``: the portrait repeated against the truth; a model that streams the
     portrait scores exactly that, one that streams the truth scores far above it."""
