@@ -28,7 +28,12 @@ c. lip-sync: [``mouth_corr``] Pearson correlation of the probe's mouth opening o
    true opening, against [``mouth_corr_shuffled``] (``shuffled``) and [``mouth_corr_static``] (the
    portrait repeated); [``mouth_closed_in_pauses``]: share of pause frames (voice activity 0, true
    mouth closed) where the generated mouth reads closed (opening < 0.15);
-d. cost: [``train_minutes``] (VAE + model on this machine), [``fps``] of one stream.
+d. cost: [``train_minutes``] (VAE + model on this machine), [``fps``] of one stream;
+e. one-step control response (main model, :func:`teacher_forced_response`): every frame made from
+   the *true* previous frame (teacher forcing, the training's context) with one control changed:
+   [``yaw_gain_tf``] read yaw change per commanded degree (1 = obeyed), [``closure_tf_closed``]
+   against [``closure_tf_open``], [``emotion_tf_switched``] (a switched emotion read back) against
+   [``emotion_tf_true``]. It tells a model that cannot render a control from a rollout that loses it.
 
 ``--quick`` runs the whole pipeline at small sizes in about 7 minutes (`pytest -m heavy`); it also measures an
 untrained model (random backbone and decoder, same VAE) under ``untrained``.
@@ -66,6 +71,8 @@ STREAMS = ("drive", "nocontrol", "shuffled", "sweep")
 SWEEP_DEG = 25.0
 SWEEP_PERIOD = 100  # frames of one -25 -> +25 -> -25 cycle
 CLOSED_OPENING = 0.15
+TF_YAW_OFFSET = 20.0  # degrees commanded off the truth's yaw by the one-step response
+TF_VARIANTS = ("truth", "yaw_minus", "yaw_plus", "eyes_closed", "eyes_open", "emotion_switched")
 
 
 @attrs.frozen
@@ -301,8 +308,13 @@ def stream_signals(item: dict[str, Any], stream: str, seed: int = 0) -> dict[str
 
 
 def stream_batch(model: Any, references: torch.Tensor, signals: list[dict[str, torch.Tensor]], frames: int,
-                 label: str = "streaming", progress: bool = True) -> tuple[torch.Tensor, float]:
-    """Stream ``B`` clips at once through one session; returns uint8 ``(B, T, 3, R, R)`` and seconds."""
+                 label: str = "streaming", progress: bool = True,
+                 context: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+    """Stream ``B`` clips at once through one session; returns uint8 ``(B, T, 3, R, R)`` and seconds.
+
+    ``context``: ``(B, T, N, c)`` latent tokens; frame f >= 1 is then made from ``context[:, f - 1]``
+    instead of the generated frame f - 1 (teacher forcing through the session, ``set_context``).
+    """
     from rich.progress import Progress
 
     names = model.stack.names
@@ -313,6 +325,8 @@ def stream_batch(model: Any, references: torch.Tensor, signals: list[dict[str, t
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task(f"{label} ({references.shape[0]} streams)", total=frames)
         for f in range(frames):
+            if context is not None and f:
+                session.set_context(tokens=context[:, f - 1])
             step = session.step({n: s[f] for n, s in stacked.items()})
             out.append(to_uint8(step.pixels))  # (B, 3, R, R)
             bar.advance(task)
@@ -421,6 +435,61 @@ def measure(model: Any, items: list[dict[str, Any]], probe: Any, frames: int, la
     )
     result["_video"] = video  # dropped before writing JSON
     return result
+
+
+def tf_signals(signals: dict[str, torch.Tensor], variant: str) -> dict[str, torch.Tensor]:
+    """The truth's signals ``{name: (T, D)}`` with one control changed (:data:`TF_VARIANTS`)."""
+    out = {n: s.clone() for n, s in signals.items()}
+    if variant in ("yaw_minus", "yaw_plus"):
+        out["head_pose"][:, 0] += TF_YAW_OFFSET if variant == "yaw_plus" else -TF_YAW_OFFSET
+    elif variant in ("eyes_closed", "eyes_open"):
+        out["blink"][:] = 1.0 if variant == "eyes_closed" else 0.0
+    elif variant == "emotion_switched":
+        out["emotion"][:, 0] = (out["emotion"][:, 0] + 4) % 8  # another of the 8 classes
+        out["emotion"][:, 1] = 3.0  # at full intensity
+    elif variant != "truth":
+        raise ValueError(f"unknown variant {variant!r}")
+    return out
+
+
+def teacher_forced_response(model: Any, items: list[dict[str, Any]], probe: Any, frames: int = 60,
+                            progress: bool = True) -> dict[str, float]:
+    """One-step control response: every frame made from the *true* previous frame (teacher
+    forcing, the context of training, through the session's own sampling and guidance) with one
+    control changed against the truth's, read by the probe.
+
+    Returns ``yaw_gain_tf`` (read yaw of +20 deg minus -20 deg, per commanded degree: 1 = obeyed,
+    0 = ignored), ``closure_tf_closed`` / ``closure_tf_open`` (probe eye closure with the eyes
+    commanded closed / open), ``emotion_tf_switched`` (probe accuracy of a commanded emotion other
+    than the truth's, at full intensity) and ``emotion_tf_true`` (of the truth's own).
+    """
+    frames = min(frames, *(item["frames"].shape[0] for item in items))
+    refs, signals, context = [], [], []
+    with torch.no_grad():
+        for item in items:
+            clip = item["frames"][:frames]
+            tokens = model.encode_tokens(clip[None].to(next(model.parameters())))[0]  # (T, N, c), as the training encodes
+            base = {n: s[:frames] for n, s in item["signals"].items()}
+            for variant in TF_VARIANTS:
+                refs.append(clip[0])
+                signals.append(tf_signals(base, variant))
+                context.append(tokens)
+    video, _ = stream_batch(model, torch.stack(refs), signals, frames, "one-step response", progress,
+                            context=torch.stack(context))
+    video = video.view(len(items), len(TF_VARIANTS), *video.shape[1:])
+    rows = []
+    for k, item in enumerate(items):
+        read = {v: probe.read(video[k, i]) for i, v in enumerate(TF_VARIANTS)}
+        emotion = item["signals"]["emotion"][:frames, 0].numpy().astype(int)
+        rows.append({
+            "yaw_gain_tf": float((read["yaw_plus"]["head_pose"][:, 0] - read["yaw_minus"]["head_pose"][:, 0]).mean()
+                                 / (2 * TF_YAW_OFFSET)),
+            "closure_tf_closed": float(read["eyes_closed"]["blink"].mean()),
+            "closure_tf_open": float(read["eyes_open"]["blink"].mean()),
+            "emotion_tf_switched": float((read["emotion_switched"]["emotion"] == (emotion + 4) % 8).mean()),
+            "emotion_tf_true": float((read["truth"]["emotion"] == emotion).mean()),
+        })
+    return {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
 
 
 def vae_floor(model: Any, items: list[dict[str, Any]], frames: int, probe: Any = None) -> dict[str, float]:
@@ -590,6 +659,13 @@ def write_markdown(path: Path, report: dict[str, Any]) -> Path:
             met = "yes" if (value <= target if op == "<=" else value >= target) else "no"
         lines.append(f"| {key} | {_fmt(value)} | {_fmt(base) if base != '' else ''} | {f'{op} {target}' if target else ''} | {met} |")
     lines += ["", f"VAE alone on the same clips: L1 {report['vae_l1']:.3f}, PSNR {report['vae_psnr_db']:.2f} dB.", ""]
+    if "yaw_gain_tf" in report:
+        lines += ["One-step control response (every frame made from the true previous frame, one control "
+                  "changed; 1 / closed 1, open 0 / the probe's accuracy = obeyed): "
+                  f"yaw gain {_fmt(report['yaw_gain_tf'])} deg per commanded deg; eye closure "
+                  f"{_fmt(report['closure_tf_closed'])} commanded closed vs {_fmt(report['closure_tf_open'])} open; "
+                  f"a switched emotion read {_fmt(report['emotion_tf_switched'])} (the truth's own "
+                  f"{_fmt(report['emotion_tf_true'])}).", ""]
     lines += vae_ceiling_lines(report)
     if report.get("ablations"):
         cols = ("drift_l1_late_over_early", "l1_early", "l1_late", "psnr_late_db", "yaw_mae_deg", "blink_f1",
@@ -695,6 +771,7 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
     main = measure(model, items, probe, frames, "main model", cfg.seed, cfg.progress)
     main["fps"] = single_stream_fps(model, items[0])
     main["train_minutes"] = minutes["vae"] + minutes["model"]
+    main.update(teacher_forced_response(model, items, probe, progress=cfg.progress))
     floor = vae_floor(model, items, frames, probe)
     curves = {"main": main}
     ablations = {}

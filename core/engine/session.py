@@ -145,6 +145,30 @@ class StreamingSession:
         others.append(stack(keep, batch=self.batch, frames=1)[:, 0])  # (B, K, Dc)
         return cond, torch.cat(others)
 
+    # -- context ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def set_context(self, frame: torch.Tensor | None = None, tokens: torch.Tensor | None = None) -> None:
+        """Make ``frame`` (or its latent ``tokens``) the previous frame the next :meth:`step` sees,
+        instead of the last generated one: re-anchors a stream on a real frame (e.g. a fresh camera
+        frame), and, called before every step with the true frames, runs the model teacher-forced
+        through the session's own sampling (``eartalk study``'s one-step control response).
+
+        Args:
+            frame: ``(3, R, R)`` or ``(B, 3, R, R)`` in [-1, 1], encoded on its own (the causal VAE
+                sees no earlier frame).
+            tokens: ``(B, N, c)`` normalised latent tokens instead (what :meth:`step` generates).
+        """
+        if (frame is None) == (tokens is None):
+            raise InputError("set_context: give either frame or tokens")
+        if frame is not None:
+            frame = frame[None] if frame.dim() == 3 else frame
+            self.model.check_frames(frame, "context frame")
+            tokens = self.model.encode_tokens(frame.to(self.device, self.dtype)[:, None])[:, 0]
+        want = tuple(self.ref_tokens.shape)
+        if tuple(tokens.shape) != want:
+            raise InputError(f"set_context: tokens must be {want} (batch, tokens, token width), got {tuple(tokens.shape)}")
+        self.prev_tokens = tokens.to(self.device, self.dtype)
+
     # -- generation ------------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, signals: Mapping[str, Any] | None = None) -> FrameOutput:

@@ -266,6 +266,59 @@ def test_study_trains_the_probe_at_its_own_defaults(tmp_path: Path, monkeypatch:
     assert sizes or (want.identities, want.epochs) == (320, 14)
 
 
+@pytest.mark.parametrize("obeys", [True, False])
+def test_teacher_forced_response_reads_what_each_control_does(obeys: bool) -> None:
+    """A model that renders the commanded yaw, eyes and emotion reads gain 1, closed 1 vs open 0 and
+    the switched emotion; one that ignores its controls reads gain 0 and the truth's emotion. Every
+    frame after the first is made from the true previous frame's tokens (set_context)."""
+    from types import SimpleNamespace
+
+    from eartalk.recipes.study import teacher_forced_response
+
+    frames = 12
+    items = [fake_item(frames), fake_item(frames)]
+    for item in items:
+        item["signals"]["emotion"] = torch.tensor([[2.0, 1.0]]).repeat(frames, 1)
+        item["signals"]["blink"] = torch.full((frames, 2), 0.25)
+    contexts = []
+
+    class Session:
+        def __init__(self, refs):
+            self.refs = refs
+
+        def set_context(self, tokens):
+            contexts.append(tokens.clone())
+
+        def step(self, signals):
+            b = self.refs.shape[0]
+            pose, blink, emo = signals["head_pose"][:, 0], signals["blink"][:, 0], signals["emotion"][:, 0]
+            if not obeys:
+                pose, blink, emo = torch.zeros(b), torch.full((b,), 0.25), torch.full((b,), 2.0)
+            pix = torch.stack([pose / 90, blink * 2 - 1, emo / 8 * 2 - 1], 1)[:, :, None, None].expand(b, 3, 8, 8)
+            return SimpleNamespace(pixels=pix)
+
+    model = SimpleNamespace(stack=SimpleNamespace(names=list(items[0]["signals"])), session=Session,
+                            encode_tokens=lambda x: x.flatten(2)[:, :, None, :6], parameters=lambda: iter([torch.zeros(1)]))
+
+    class Probe:
+        def read(self, video):
+            v = video.float().mean((2, 3)) / 255 * 2 - 1  # (T, 3)
+            return {"head_pose": (v[:, :1] * 90).numpy(), "blink": ((v[:, 1:2] + 1) / 2).repeat(1, 2).numpy(),
+                    "emotion": torch.round((v[:, 2] + 1) / 2 * 8).long().numpy()}
+
+    res = teacher_forced_response(model, items, Probe(), frames=frames, progress=False)
+    if obeys:
+        assert res["yaw_gain_tf"] == pytest.approx(1.0, abs=0.02)
+        assert res["closure_tf_closed"] == pytest.approx(1.0, abs=0.01) and res["closure_tf_open"] == pytest.approx(0.0, abs=0.01)
+        assert res["emotion_tf_switched"] == 1.0 and res["emotion_tf_true"] == 1.0
+    else:
+        assert res["yaw_gain_tf"] == 0.0 and res["emotion_tf_switched"] == 0.0 and res["emotion_tf_true"] == 1.0
+        assert res["closure_tf_closed"] == pytest.approx(res["closure_tf_open"])
+    assert len(contexts) == frames - 1  # frames 1 .. T-1 each from the truth's previous frame
+    truth = items[1]["frames"][None, : frames - 1].flatten(2)[:, :, None, :6][0]  # the last streams are item 1's
+    assert torch.equal(torch.stack([c[-1] for c in contexts]), truth)
+
+
 def test_measure_reports_the_static_portrait_psnr(monkeypatch: pytest.MonkeyPatch) -> None:
     """``psnr_late_db_static``: the portrait repeated against the truth; a model that streams the
     portrait scores exactly that, one that streams the truth scores far above it."""

@@ -168,6 +168,50 @@ def test_separate_guidance_scales_each_control_on_its_own(model, reference):
     torch.testing.assert_close(first(), u + 3.0 * (b0 - u) + 0.5 * (b1 - b0), atol=1e-4, rtol=1e-4)
 
 
+def test_set_context_every_frame_is_the_teacher_forced_pass(model, reference):
+    """Given the true previous frame before every step, the session samples what the full
+    teacher-forced pass (the training's path, every frame's context true) gives with the same
+    random draws; the window and the kv-cache hold the forced frames, not the generated ones."""
+    frames, seed = 6, 5
+    g = torch.Generator().manual_seed(1)
+    truth = torch.randn(1, frames, model.arch.num_tokens, model.arch.token_dim, generator=g)  # (1, T, N, c)
+    signals = {"toy": torch.randn(1, frames, 3, generator=g), "toy_audio": torch.randn(1, frames, 4, generator=g)}
+    session = model.session(reference, seed=seed)
+    forced = []
+    for i in range(frames):
+        if i:
+            session.set_context(tokens=truth[:, i - 1])
+        forced.append(session.step({n: s[:, i] for n, s in signals.items()}).latents)
+    forced = torch.stack(forced, 1)  # (1, T, C, h, w)
+
+    with torch.no_grad():
+        ref = session.ref_tokens
+        cond = model.condition_tokens(signals, None, 1, frames)  # (1, T, K, Dc)
+        null = model.stack.null_tokens(1, frames)
+        prev = torch.cat([ref[:, None], truth[:, :-1]], 1)
+        z, z_null = model.backbone(ref, cond, prev, noise=False), model.backbone(ref, null, prev, noise=False)
+        s, gen = model.arch.sampling, torch.Generator().manual_seed(seed)
+        full = torch.stack([model.tokens_to_latents(model.from_target(model.decoder.sample(
+            z[:, i], z_null[:, i], s.steps, s.denoise_steps, s.cfg, s.cfg_schedule, s.temperature, s.eta, gen), ref)[:, None])[:, 0]
+            for i in range(frames)], 1)
+    torch.testing.assert_close(forced, full, atol=1e-4, rtol=1e-4)
+    free = run(model.session(reference, seed=seed), frames, "latents")
+    assert (free[:, 1:] - forced[:, 1:]).abs().amax() > 1e-2  # the forced context is what made the difference
+
+
+def test_set_context_takes_a_frame_and_checks_its_input(model, reference):
+    a, b = model.session(reference, seed=3), model.session(reference, seed=3)
+    a.step(), b.step()
+    other = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(9)) * 2 - 1
+    b.set_context(frame=other)
+    assert torch.equal(b.prev_tokens, model.encode_tokens(other[None, None])[:, 0])
+    assert (a.step().latents - b.step().latents).abs().amax() > 1e-3
+    with pytest.raises(InputError, match="either frame or tokens"):
+        a.set_context()
+    with pytest.raises(InputError, match="tokens must be"):
+        a.set_context(tokens=torch.zeros(1, 3, 5))
+
+
 def test_bad_inputs_are_reported(model):
     with pytest.raises(InputError, match="64x64"):
         model.session(torch.zeros(3, 32, 32))
