@@ -102,6 +102,7 @@ class EarTalkModel(nn.Module):
             mask_ratio_min=arch.mask_ratio_min,
             mask_ratio_mean=arch.mask_ratio_mean,
             mask_ratio_std=arch.mask_ratio_std,
+            timestep_bias=arch.timestep_bias,
         )
         if freeze_vae:
             self.vae.requires_grad_(False)

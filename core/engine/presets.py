@@ -182,6 +182,9 @@ class ModelArch:
         noise_schedule: ``"cosine"`` or ``"linear"`` beta schedule.
         prediction: ``"v"`` or ``"eps"`` target of the diffusion head.
         diffusion_batch_mul: diffusion timesteps drawn per masked token and training step.
+        timestep_bias: *our choice*, 1 (uniform, MAR's) by default: training timesteps are drawn
+            as ``floor(T * u ** (1 / bias))``, so a bias above 1 trains the high-noise steps, where
+            the head decides a frame's coarse structure from the context, more often.
         mask_ratio_min, mask_ratio_mean, mask_ratio_std: the truncated normal of the training mask
             ratio (MAR: min 0.7, mean 1.0, std 0.25, truncated to [min, 1]).
         sampling: default :class:`SamplingConfig`.
@@ -237,6 +240,7 @@ class ModelArch:
     noise_schedule: str = "cosine"
     prediction: str = "v"
     diffusion_batch_mul: int = 4
+    timestep_bias: float = 1.0
     mask_ratio_min: float = 0.7
     mask_ratio_mean: float = 1.0
     mask_ratio_std: float = 0.25
@@ -287,6 +291,8 @@ class ModelArch:
             problems.append(f"rollout_mode must be 'stream' or 'parallel', got {self.rollout_mode!r}")
         if self.rollout_steps < 1 or self.rollout_denoise_steps < 1 or self.rollout_cfg < 0:
             problems.append("rollout_steps and rollout_denoise_steps must be >= 1 and rollout_cfg >= 0")
+        if self.timestep_bias <= 0:
+            problems.append(f"timestep_bias must be > 0, got {self.timestep_bias}")
         if not 0.0 < self.mask_ratio_min <= 1.0:
             problems.append("mask_ratio_min must be in (0, 1]")
         if problems:
