@@ -641,7 +641,8 @@ def write_markdown(path: Path, report: dict[str, Any]) -> Path:
     lines += ["## Training budget", "",
               f"- data: {b['clips']} synthetic training identities x {b['seconds']} s at {b['resolution']} px "
               f"({b.get('emotion_segments', 1)} emotion segment(s) per clip, head motion up to {b.get('motion_hz', 0.4)} Hz)",
-              f"- VAE: {_steps(b['vae_steps'])}; main model: {_steps(b['steps'])}; every ablation variant: {b['ablation_steps']} steps",
+              f"- VAE: {_steps(b['vae_steps'])}; main model: {_steps(b['steps'])}; every ablation variant: {b['ablation_steps']} steps "
+              f"(batches of {b.get('batch_size', 4)} clips)",
               f"- loss weight around the eyes and mouth (focus): VAE {b.get('vae_focus', 0)}, model {b.get('focus', 0)}",
               f"- model arch overrides of the {b['preset']} preset: {b.get('arch', {}) or 'none'}",
               f"- training minutes: VAE {b['vae_minutes']:.1f}, main model {b['model_minutes']:.1f}, "
@@ -863,6 +864,8 @@ class StudyCommand(Command):
                             help="model.arch override of the main model and the ablations, e.g. head_width=256 "
                                  "(repeatable; default: the preset as it is)")
         parser.add_argument("--steps", type=int, help=f"main model training steps (default {d.steps})")
+        parser.add_argument("--batch-size", type=int,
+                            help=f"training clips per batch of the main model and the ablations (default {d.batch_size})")
         parser.add_argument("--ablation-steps", type=int, help=f"steps of every ablation variant (default {d.ablation_steps})")
         parser.add_argument("--ablations", help=f"comma-separated variants (default {','.join(d.ablations)}; '' for none)")
         parser.add_argument("--heldout", type=int, help=f"held-out identities (default {d.heldout})")
@@ -884,7 +887,7 @@ class StudyCommand(Command):
                   "checkpoint": args.checkpoint, "ablation_checkpoints": _parse_pairs(args.ablation_checkpoint),
                   "probe": args.probe, "untrained": not args.no_untrained}
         for key in ("clips", "seconds", "emotion_segments", "motion_hz", "vae_steps", "vae_focus", "focus", "steps",
-                    "ablation_steps", "heldout", "eval_frames", "guidance"):
+                    "batch_size", "ablation_steps", "heldout", "eval_frames", "guidance"):
             if getattr(args, key) is not None:
                 fields[key] = getattr(args, key)
         if args.arch:

@@ -135,12 +135,14 @@ def test_study_cli_passes_the_training_data_options(monkeypatch: pytest.MonkeyPa
     command = study.StudyCommand()
     command.add_arguments(parser)
     command.run(parser.parse_args(["--out", "x", "--emotion-segments", "3", "--motion-hz", "0.8", "--cfg", "6", "--json",
-                                   "--vae-focus", "0", "--focus", "20"]))
+                                   "--vae-focus", "0", "--focus", "20", "--batch-size", "16"]))
     assert seen["cfg"].emotion_segments == 3 and seen["cfg"].motion_hz == 0.8 and seen["cfg"].guidance == 6.0
+    assert seen["cfg"].batch_size == 16
     assert (seen["cfg"].vae_focus, seen["cfg"].focus) == (0.0, 20.0)
     command.run(parser.parse_args(["--out", "x", "--json"]))
     d = study.StudyConfig()
     assert (seen["cfg"].emotion_segments, seen["cfg"].motion_hz, seen["cfg"].guidance) == (d.emotion_segments, d.motion_hz, None)
+    assert seen["cfg"].batch_size == d.batch_size == 4
     assert seen["cfg"].arch == {}
     command.run(parser.parse_args(["--out", "x", "--json", "--arch", "head_width=128", "--arch", "context_noise=1.0",
                                    "--arch", "context_skip=true"]))
