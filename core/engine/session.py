@@ -163,10 +163,14 @@ class StreamingSession:
         if frame is not None:
             frame = frame[None] if frame.dim() == 3 else frame
             self.model.check_frames(frame, "context frame")
+            if not bool(torch.isfinite(frame).all()):
+                raise InputError("set_context: the context frame holds NaN or inf values; pass an RGB frame in [-1, 1]")
             tokens = self.model.encode_tokens(frame.to(self.device, self.dtype)[:, None])[:, 0]
         want = tuple(self.ref_tokens.shape)
         if tuple(tokens.shape) != want:
             raise InputError(f"set_context: tokens must be {want} (batch, tokens, token width), got {tuple(tokens.shape)}")
+        if not bool(torch.isfinite(tokens).all()):
+            raise InputError("set_context: the context tokens hold NaN or inf values; pass finite latents (or a frame)")
         self.prev_tokens = tokens.to(self.device, self.dtype)
 
     # -- generation ------------------------------------------------------------------------------

@@ -210,6 +210,12 @@ def test_set_context_takes_a_frame_and_checks_its_input(model, reference):
         a.set_context()
     with pytest.raises(InputError, match="tokens must be"):
         a.set_context(tokens=torch.zeros(1, 3, 5))
+    with pytest.raises(InputError, match="NaN or inf"):
+        a.set_context(tokens=torch.full_like(a.prev_tokens, float("nan")))
+    with pytest.raises(InputError, match="context frame holds NaN"):
+        a.set_context(frame=torch.full((3, 64, 64), float("nan")))
+    with pytest.raises(InputError, match="context frame has shape"):
+        a.set_context(frame=torch.zeros(3, 32, 32))
 
 
 def test_bad_inputs_are_reported(model):
