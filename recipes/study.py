@@ -478,16 +478,16 @@ def teacher_forced_response(model: Any, items: list[dict[str, Any]], probe: Any,
                             context=torch.stack(context))
     video = video.view(len(items), len(TF_VARIANTS), *video.shape[1:])
     rows = []
-    for k, item in enumerate(items):
+    for k in range(len(items)):
         read = {v: probe.read(video[k, i]) for i, v in enumerate(TF_VARIANTS)}
-        emotion = item["signals"]["emotion"][:frames, 0].numpy().astype(int)
+        commanded = {v: signals[k * len(TF_VARIANTS) + i]["emotion"][:, 0].numpy().astype(int) for i, v in enumerate(TF_VARIANTS)}
         rows.append({
             "yaw_gain_tf": float((read["yaw_plus"]["head_pose"][:, 0] - read["yaw_minus"]["head_pose"][:, 0]).mean()
                                  / (2 * TF_YAW_OFFSET)),
             "closure_tf_closed": float(read["eyes_closed"]["blink"].mean()),
             "closure_tf_open": float(read["eyes_open"]["blink"].mean()),
-            "emotion_tf_switched": float((read["emotion_switched"]["emotion"] == (emotion + 4) % 8).mean()),
-            "emotion_tf_true": float((read["truth"]["emotion"] == emotion).mean()),
+            "emotion_tf_switched": float((read["emotion_switched"]["emotion"] == commanded["emotion_switched"]).mean()),
+            "emotion_tf_true": float((read["truth"]["emotion"] == commanded["truth"]).mean()),
         })
     return {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
 
