@@ -297,7 +297,8 @@ if L is not None:
                                 "plugin(s) %s), so the keep loss is 0; store their signal as absent (NaN rows) on a "
                                 "share of plain clips, or flag such clips replay: true in their manifest metadata", KEEP_WARN_BATCHES,
                                 sorted(set(self.model.stack.names) - set(teacher.stack.names)))
-            return {"loss": out["loss"] + self.cfg.finetune.keep * keep, "diffusion": out["loss"], "keep": keep}
+            return {**out, "loss": out["loss"] + self.cfg.finetune.keep * keep, "diffusion": out.get("diffusion", out["loss"]),
+                    "keep": keep}
 
         def checkpoint_record(self) -> dict[str, Any]:
             from eartalk.core.engine.checkpoint import make_record

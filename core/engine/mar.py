@@ -252,6 +252,10 @@ class MARDecoder(nn.Module):
         timestep_bias: training timesteps are ``floor(T * u ** (1 / bias))`` with u uniform: 1 is
             uniform, 2 a density rising linearly with the noise level (a share 1 - 0.75 ** bias of
             them above 3/4 of T, where the frame's coarse structure is decided).
+        mean_weight: 0 (off) or the weight of the *mean path*: a regression head reads every
+            token's mean ``mu(z)`` straight from the backbone context (MSE to the target, all
+            tokens), and the diffusion head generates the residual ``target - mu`` (``mu`` without
+            gradient there); a sample is ``mu + residual``, guided with the same scales.
     """
 
     def __init__(
@@ -274,11 +278,15 @@ class MARDecoder(nn.Module):
         mask_ratio_mean: float = 1.0,
         mask_ratio_std: float = 0.25,
         timestep_bias: float = 1.0,
+        mean_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if timestep_bias <= 0:
             raise ValueError(f"timestep_bias must be > 0, got {timestep_bias}")
+        if not mean_weight >= 0:  # also NaN
+            raise ValueError(f"mean_weight must be >= 0 (0 = no mean path), got {mean_weight}")
         self.timestep_bias = timestep_bias
+        self.mean_weight = float(mean_weight)
         self.token_dim, self.num_tokens, self.grid, self.width = token_dim, num_tokens, grid, width
         self.diffusion_batch_mul = diffusion_batch_mul
         self.mask_ratio = (mask_ratio_min, mask_ratio_mean, mask_ratio_std)
@@ -291,6 +299,31 @@ class MARDecoder(nn.Module):
         self.norm_out = nn.LayerNorm(width)
         self.head = DiffusionHead(token_dim, width, head_width, head_depth)
         self.diffusion = Diffusion(diffusion_steps, noise_schedule, prediction)
+        self.mean = None
+        if self.mean_weight > 0:
+            self.mean = nn.Sequential(nn.Linear(context_dim, context_dim), nn.GELU(),
+                                      nn.Linear(context_dim, token_dim))
+            nn.init.zeros_(self.mean[-1].weight)  # starts at mu = 0 (the reference, with the delta target)
+            nn.init.zeros_(self.mean[-1].bias)
+
+    def mean_of(self, z: torch.Tensor) -> torch.Tensor | None:
+        """The mean path's ``mu(z)`` ``(..., N, c)`` of contexts ``(..., N, Dz)`` (None when off)."""
+        return None if self.mean is None else self.mean(z)
+
+    def split_mean(self, z: torch.Tensor, tokens: torch.Tensor,
+                   weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The residual the diffusion head learns, and the mean path's weighted MSE (0 when off)."""
+        mu = self.mean_of(z)
+        if mu is None:
+            return tokens, tokens.new_zeros(())
+        err = (mu - tokens).square()  # (B, N, c)
+        if weight is None:
+            mse = err.mean()
+        else:
+            w = weight.to(err.dtype)
+            w = (w[..., None] if w.dim() == 2 else w).expand_as(err)
+            mse = (err * w).sum() / w.sum().clamp_min(1e-12)
+        return tokens - mu.detach(), mse
 
     def context(self, z: torch.Tensor, tokens: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
         """Per-token conditions ``(B, N, width)`` of the diffusion head.
@@ -327,16 +360,25 @@ class MARDecoder(nn.Module):
                 tokens' elements (uniform = plain).
 
         Returns:
-            Scalar mean loss over masked tokens and diffusion samples.
+            Scalar mean loss over masked tokens and diffusion samples (plus ``mean_weight`` times
+            the mean path's MSE over all tokens, when on).
         """
+        terms = self.loss_terms(z, tokens, generator, weight)
+        return terms["diffusion"] + self.mean_weight * terms["mean_mse"]
+
+    def loss_terms(self, z: torch.Tensor, tokens: torch.Tensor, generator: torch.Generator | None = None,
+                   weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The two terms of :meth:`loss`: ``diffusion`` (of the residual with the mean path) and
+        ``mean_mse`` (the mean path's weighted MSE; 0 when off)."""
+        tokens, mean_mse = self.split_mean(z, tokens, weight)
         mask, cond, target, t, noise = self._noised(z, tokens, generator)
         out = self.head(self.diffusion.noisy(target, t, noise), t, cond)
         goal = self.diffusion.target(target, t, noise)
         if weight is None:
-            return F.mse_loss(out, goal)
+            return {"diffusion": F.mse_loss(out, goal), "mean_mse": mean_mse}
         w = weight.to(out.dtype)[mask]  # (M,) or (M, c)
         w = (w[:, None] if w.dim() == 1 else w).expand(-1, out.shape[-1]).repeat(self.diffusion_batch_mul, 1)  # (M * mul, c)
-        return ((out - goal).square() * w).sum() / w.sum().clamp_min(1e-12)
+        return {"diffusion": ((out - goal).square() * w).sum() / w.sum().clamp_min(1e-12), "mean_mse": mean_mse}
 
     def distill_loss(self, z: torch.Tensor, teacher: MARDecoder, z_teacher: torch.Tensor, tokens: torch.Tensor,
                      generator: torch.Generator | None = None) -> torch.Tensor:
@@ -348,13 +390,24 @@ class MARDecoder(nn.Module):
             teacher: the decoder to match (same sizes).
             z_teacher: ``(B, N, Dz)`` the teacher's contexts of the same frames.
             tokens: ``(B, N, c)`` target tokens (the known ones enter both contexts).
+
+        With the mean path (both decoders must have it or neither) the known tokens and the noised
+        targets are residuals around the teacher's mean, and the gap of the two means is added.
         """
+        if (self.mean is None) != (teacher.mean is None):
+            raise ValueError("distill_loss: the student and the teacher must both have the mean path or neither (mean_weight)")
+        gap = tokens.new_zeros(())
+        if self.mean is not None:
+            with torch.no_grad():
+                mu_t = teacher.mean_of(z_teacher)
+            gap = F.mse_loss(self.mean_of(z), mu_t)
+            tokens = tokens - mu_t
         mask, cond, target, t, noise = self._noised(z, tokens, generator)
         noisy = self.diffusion.noisy(target, t, noise)
         with torch.no_grad():
             cond_t = teacher.context(z_teacher, tokens, ~mask)[mask].repeat(self.diffusion_batch_mul, 1)
             goal = teacher.head(noisy, t, cond_t)
-        return F.mse_loss(self.head(noisy, t, cond), goal)
+        return F.mse_loss(self.head(noisy, t, cond), goal) + gap
 
     def timesteps(self, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``(count,)`` training timesteps: uniform, or biased toward high noise (``timestep_bias``)."""
@@ -406,7 +459,8 @@ class MARDecoder(nn.Module):
             separate: guidance scales of the separately guided controls, in their order.
 
         Returns:
-            ``(B, N, c)`` tokens.
+            ``(B, N, c)`` tokens (with the mean path: the guided mean plus the sampled residual;
+            the mean is guided with the final step's scales).
         """
         b, n, device = z.shape[0], self.num_tokens, z.device
         separate = [float(x) for x in separate]
@@ -442,4 +496,9 @@ class MARDecoder(nn.Module):
             new = self.diffusion.sample(model, (b * m, self.token_dim), denoise_steps, temperature, eta, generator, device)
             tokens.scatter_(1, idx[..., None].expand(-1, -1, self.token_dim), new.view(b, m, -1).to(tokens.dtype))
             known_count = n - masked_next
-        return tokens
+        mu = self.mean_of(zz)
+        if mu is None:
+            return tokens
+        if guided:
+            mu = combine_guidance(mu.chunk(reps), scales)
+        return tokens + mu.to(tokens.dtype)

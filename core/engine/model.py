@@ -103,6 +103,7 @@ class EarTalkModel(nn.Module):
             mask_ratio_mean=arch.mask_ratio_mean,
             mask_ratio_std=arch.mask_ratio_std,
             timestep_bias=arch.timestep_bias,
+            mean_weight=arch.mean_weight,
         )
         if freeze_vae:
             self.vae.requires_grad_(False)
@@ -216,7 +217,8 @@ class EarTalkModel(nn.Module):
                 of every token element.
 
         Returns:
-            ``{"loss": scalar}``.
+            ``{"loss": scalar}``; with the mean path also its two terms, ``diffusion`` and
+            ``mean_mse`` (the recipes log them as ``train/diffusion``, ``train/mean_mse``).
         """
         frames, reference = batch["frames"], batch["reference"]
         self.check_frames(frames, "batch['frames']")
@@ -244,8 +246,10 @@ class EarTalkModel(nn.Module):
         if batch.get("focus") is not None:
             weight = self.token_weights(batch["focus"].to(z.device, z.dtype))  # (B, T, N, c)
             weight = (weight[:, 1:] if mid else weight).flatten(0, 1)
-        loss = self.decoder.loss(z.flatten(0, 1), self.to_target(targets, ref_tokens).flatten(0, 1), weight=weight)
-        return {"loss": loss}
+        terms = self.decoder.loss_terms(z.flatten(0, 1), self.to_target(targets, ref_tokens).flatten(0, 1), weight=weight)
+        if self.decoder.mean is None:
+            return {"loss": terms["diffusion"]}
+        return {"loss": terms["diffusion"] + self.decoder.mean_weight * terms["mean_mse"], **terms}
 
     def token_weights(self, pixel_weights: torch.Tensor) -> torch.Tensor:
         """Per-pixel weights ``(B, T, 1, R, R)`` -> weights of every token element ``(B, T, N, c)``:

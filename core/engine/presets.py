@@ -185,6 +185,16 @@ class ModelArch:
         timestep_bias: *our choice*, 1 (uniform, MAR's) by default: training timesteps are drawn
             as ``floor(T * u ** (1 / bias))``, so a bias above 1 trains the high-noise steps, where
             the head decides a frame's coarse structure from the context, more often.
+        mean_weight: *our choice*, 1 in the tiny preset (measured there), 0 (off) in the others and in
+            old checkpoints: the weight of a *mean path* beside the
+            diffusion head. A small regression head reads each token's mean ``mu`` from the backbone
+            context (MSE to the target over all tokens, the focus weights applied), and the
+            diffusion head generates only the residual ``target - mu``; a sample is ``mu`` plus
+            the residual, both guided with the same scales. The frame's coarse structure (head
+            pose, eyes, the mouth's opening) then comes from a direct regression loss, which
+            learns from every token of every frame, instead of from the diffusion head's
+            high-noise steps (where the tiny head does worse than repeating the previous frame:
+            docs/study.md, "Why the controls are not learnt").
         mask_ratio_min, mask_ratio_mean, mask_ratio_std: the truncated normal of the training mask
             ratio (MAR: min 0.7, mean 1.0, std 0.25, truncated to [min, 1]).
         sampling: default :class:`SamplingConfig`.
@@ -241,6 +251,7 @@ class ModelArch:
     prediction: str = "v"
     diffusion_batch_mul: int = 4
     timestep_bias: float = 1.0
+    mean_weight: float = 0.0
     mask_ratio_min: float = 0.7
     mask_ratio_mean: float = 1.0
     mask_ratio_std: float = 0.25
@@ -293,6 +304,8 @@ class ModelArch:
             problems.append("rollout_steps and rollout_denoise_steps must be >= 1 and rollout_cfg >= 0")
         if self.timestep_bias <= 0:
             problems.append(f"timestep_bias must be > 0, got {self.timestep_bias}")
+        if not self.mean_weight >= 0:  # also NaN
+            problems.append(f"mean_weight must be >= 0 (0 = no mean path), got {self.mean_weight}")
         if not 0.0 < self.mask_ratio_min <= 1.0:
             problems.append("mask_ratio_min must be in (0, 1]")
         if problems:
@@ -363,7 +376,11 @@ PRESETS: dict[str, ModelArch] = {
         decoder_depth=2,
         head_width=64,
         head_depth=2,
-        sampling=SamplingConfig(steps=2, denoise_steps=4, cfg=8.0),  # study: mouth corr 0.53 at cfg 2, 0.68 at 5, 0.76 at 8
+        # The mean path (docs/study.md, "The mean path"): over 2,000 frames yaw MAE 11.1 -> 9.1 deg,
+        # blink F1 0.02 -> 0.17, PSNR late 18.2 -> 19.1 dB against the same model without it, both
+        # at guidance 3; guidance 8 (the previous default) extrapolates the mean too far.
+        mean_weight=1.0,
+        sampling=SamplingConfig(steps=2, denoise_steps=4, cfg=3.0),
     ),
     # CPU demo: 10-30M parameters in backbone + decoder, 128 x 128 frames, 64 tokens of width 32.
     "small": ModelArch(

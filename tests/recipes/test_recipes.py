@@ -76,8 +76,12 @@ def model_run(synth_data: Path, vae_run: Path, tmp_path_factory) -> Path:
 
 
 def test_train_recipe_loss_falls(model_run: Path) -> None:
-    curve = losses(model_run)
-    assert len(curve) >= 50
+    # The tiny preset has the mean path: train/loss = diffusion + mean_weight * mean_mse, and the
+    # recipe logs both terms. Its regression needs far more than 60 steps (docs/study.md), so the
+    # fall is asserted on the diffusion term; the total is logged as their sum.
+    total, curve, mean = losses(model_run), losses(model_run, "train/diffusion"), losses(model_run, "train/mean_mse")
+    assert len(curve) >= 50 and len(mean) == len(curve) == len(total)
+    assert all(t == pytest.approx(d + m, rel=1e-4) for t, d, m in zip(total, curve, mean, strict=True))
     assert sum(curve[-10:]) / 10 < 0.8 * sum(curve[:5]) / 5, f"loss did not fall: {curve[:5]} -> {curve[-10:]}"
     model = load_trained(model_run / "checkpoints" / "last.ckpt")
     assert model.stack.names == [c["name"] for c in CONDITIONS]

@@ -108,3 +108,39 @@ def test_loader_imports_neither_lightning_nor_recipes(model, tmp_path) -> None:
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "model ['head_pose', 'blink'] True []"
+
+
+def test_mean_path_model_round_trip_and_its_frames_carry_the_mean(tmp_path) -> None:
+    """A model trained with ``mean_weight`` keeps its mean head through a checkpoint, and its
+    streamed frames move with it (zeroing the mean head changes the frames)."""
+    torch.manual_seed(0)
+    model = build_model(get_arch("tiny", window=3, mean_weight=1.0), SPECS).eval()
+    with torch.no_grad():
+        model.decoder.mean[-1].weight.normal_(std=0.3)
+    loaded = load_model(write_checkpoint(tmp_path / "model.ckpt", model))
+    assert loaded.arch.mean_weight == 1.0 and loaded.decoder.mean is not None
+    ref, signals = torch.zeros(3, 64, 64), {"head_pose": torch.zeros(3, 6)}
+    frames = loaded.generate(ref, signals, num_frames=3)
+    assert torch.equal(model.generate(ref, signals, num_frames=3), frames)
+    with torch.no_grad():
+        loaded.decoder.mean[-1].weight.zero_()
+    assert not torch.allclose(loaded.generate(ref, signals, num_frames=3), frames)
+    with pytest.raises(ValueError, match="mean_weight"):
+        get_arch("tiny", mean_weight=float("nan"))
+
+
+def test_checkpoint_from_before_the_mean_path_loads_as_it_was_trained(tmp_path) -> None:
+    """The tiny preset turned the mean path on and its guidance down to 3; a checkpoint recorded
+    before (no ``mean_weight`` key, guidance 8) must load without a mean head and sample at 8."""
+    assert get_arch("tiny").mean_weight == 1.0 and get_arch("tiny").sampling.cfg == 3.0
+    torch.manual_seed(0)
+    old = build_model(get_arch("tiny", window=3, mean_weight=0.0, sampling={"cfg": 8.0}), SPECS).eval()
+    path = write_checkpoint(tmp_path / "old.ckpt", old)
+    ckpt = torch.load(path, weights_only=False)
+    del ckpt["eartalk"]["arch"]["mean_weight"]
+    torch.save(ckpt, path)
+    loaded = load_model(path)
+    assert loaded.arch.mean_weight == 0.0 and loaded.decoder.mean is None
+    assert loaded.arch.sampling.cfg == 8.0
+    ref, signals = torch.zeros(3, 64, 64), {"head_pose": torch.zeros(3, 6)}
+    assert torch.equal(old.generate(ref, signals, num_frames=2), loaded.generate(ref, signals, num_frames=2))

@@ -90,6 +90,8 @@ def activated(arch, stack, seed: int = 0) -> EarTalkModel:
         for blk in model.decoder.head.blocks:
             blk.ada[1].weight.normal_(0, 0.2)
         model.decoder.head.out.weight.normal_(0, 0.2)
+        if model.decoder.mean is not None:  # the mean path's zero-initialised output
+            model.decoder.mean[-1].weight.normal_(0, 0.2)
     for span in stack.layout:
         stack.dropout[span.type_id] = DropoutSpec(0.0, 0.0)
     return model
@@ -107,16 +109,16 @@ def record_input(module: torch.nn.Module, store: dict, key: str, index: int) -> 
 def contexts(model: EarTalkModel, batch: dict, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """The contexts z ``(B, T', N, D)`` and targets the training loss hands to the decoder."""
     seen = {}
-    original = model.decoder.loss
+    original = model.decoder.loss_terms
 
     def spy(z, tokens, generator=None, weight=None):
         seen["z"], seen["tokens"] = z.detach().clone(), tokens.detach().clone()
         return original(z, tokens, generator, weight=weight)
 
-    model.decoder.loss = spy
+    model.decoder.loss_terms = spy
     torch.manual_seed(seed)
     model.loss(batch)
-    del model.decoder.loss
+    del model.decoder.loss_terms
     b = batch["frames"].shape[0]
     return seen["z"].unflatten(0, (b, -1)), seen["tokens"].unflatten(0, (b, -1))
 
@@ -237,9 +239,9 @@ def test_the_diffusion_target_is_what_arch_target_says(toy_stack, target):
 
     def spy(z, targets, weight=None):
         seen["targets"] = targets
-        return targets.sum() * 0
+        return {"diffusion": targets.sum() * 0, "mean_mse": targets.sum() * 0}
 
-    model.decoder.loss = spy
+    model.decoder.loss_terms = spy
     model.loss(batch)
     tokens = model.encode_tokens(batch["frames"])  # (B, T, N, c)
     ref = model.encode_tokens(batch["reference"][:, None])  # (B, 1, N, c)
@@ -324,7 +326,8 @@ def test_keep_loss_holds_flagged_replay_clips_with_their_new_controls(toy_stack)
 
 def test_focus_weights_land_on_the_latent_pixels_they_cover_and_uniform_focus_is_the_plain_loss(toy_stack):
     torch.manual_seed(0)
-    model = EarTalkModel(get_arch("tiny"), toy_stack).eval()  # 64 px, VAE factor 4, patch 4: 16 tokens of 4 x 4 x 4
+    # without the mean path: its zero-initialised regression error would dominate the loss
+    model = EarTalkModel(get_arch("tiny", mean_weight=0.0), toy_stack).eval()  # 64 px, VAE factor 4, patch 4: 16 tokens of 4 x 4 x 4
     pixels = torch.ones(1, 1, 1, 64, 64)
     pixels[..., 40:44, 8:12] = 17.0  # exactly latent pixel (10, 2): token (2, 0), in-patch (2, 2)
     weights = model.token_weights(pixels)
@@ -344,3 +347,13 @@ def test_focus_weights_land_on_the_latent_pixels_they_cover_and_uniform_focus_is
         torch.manual_seed(1)
         focused = float(model.loss({**batch, "focus": uneven})["loss"])
     assert uniform == pytest.approx(plain, rel=1e-5) and focused != pytest.approx(plain, rel=1e-3)
+    mean = EarTalkModel(get_arch("tiny"), toy_stack).eval()  # the mean path's MSE takes the same weights
+    mean.vae.load_state_dict(model.vae.state_dict())
+    seen = []
+    split = mean.decoder.split_mean
+    mean.decoder.split_mean = lambda z, tokens, weight=None: seen.append(weight) or split(z, tokens, weight)
+    with torch.no_grad():
+        mean.loss({**batch, "focus": uneven})
+    assert len(seen) == 1 and seen[0] is not None
+    expected = mean.token_weights(uneven)
+    assert torch.equal(seen[0], expected.reshape(seen[0].shape))
