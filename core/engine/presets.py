@@ -185,9 +185,9 @@ class ModelArch:
         timestep_bias: *our choice*, 1 (uniform, MAR's) by default: training timesteps are drawn
             as ``floor(T * u ** (1 / bias))``, so a bias above 1 trains the high-noise steps, where
             the head decides a frame's coarse structure from the context, more often.
-        mean_weight: *our choice*, 1 in the tiny preset (measured there), 0 (off) in the others and in
-            old checkpoints: the weight of a *mean path* beside the
-            diffusion head. A small regression head reads each token's mean ``mu`` from the backbone
+        mean_weight: *our choice*, 1 in the tiny preset (measured there), 0 (off) in the others and
+            in checkpoints written before it: the weight of a *mean path* beside the diffusion
+            head. A small regression head reads each token's mean ``mu`` from the backbone
             context (MSE to the target over all tokens, the focus weights applied), and the
             diffusion head generates only the residual ``target - mu``; a sample is ``mu`` plus
             the residual, both guided with the same scales. The frame's coarse structure (head
