@@ -184,14 +184,9 @@ def probe_sizes(identities: int | None, epochs: int | None) -> dict[str, int]:
 
 def quick_config(out: str | Path, **overrides: Any) -> StudyConfig:
     """The ``--quick`` sizes: about 7 minutes on 2 cores (1,500 model steps: the fewest at which the
-    mouth follows the audio; at 150 steps nothing is learnt yet and the model is the portrait).
-
-    The quick model keeps the tiny preset as it was before the mean path (``mean_weight`` 0,
-    guidance 8): at 1,500 steps on 48 identities the mean path has not learnt the pose yet
-    (measured 2026-12-03: yaw MAE over the sweep 16.3 deg, the untrained model 15.6); it pays off
-    at the full study's 4,000 steps on 200 (docs/study.md, "The mean path"). ``arch=`` overrides."""
+    mouth follows the audio; at 150 steps nothing is learnt yet and the model is the portrait)."""
     base = dict(out=str(out), clips=48, seconds=1.0, vae_steps=300, steps=1500, ablation_steps=150, heldout=2,
-                eval_frames=60, probe_identities=32, probe_epochs=3, arch={"mean_weight": 0.0, "sampling": {"cfg": 8.0}})
+                eval_frames=60, probe_identities=32, probe_epochs=3)
     base.update(overrides)
     return StudyConfig(**base)
 
