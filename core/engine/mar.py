@@ -237,6 +237,11 @@ def combine_guidance(outs: Sequence[torch.Tensor], scales: Sequence[float]) -> t
     return out
 
 
+def weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``sum(values * weights) / sum(weights)`` (same shapes; 0 weights everywhere give 0)."""
+    return (values * weights).sum() / weights.sum().clamp_min(1e-12)
+
+
 class MARDecoder(nn.Module):
     """Masked autoregressive decoder of one frame's tokens, with a diffusion head.
 
@@ -321,8 +326,7 @@ class MARDecoder(nn.Module):
             mse = err.mean()
         else:
             w = weight.to(err.dtype)
-            w = (w[..., None] if w.dim() == 2 else w).expand_as(err)
-            mse = (err * w).sum() / w.sum().clamp_min(1e-12)
+            mse = weighted_mean(err, (w[..., None] if w.dim() == 2 else w).expand_as(err))
         return tokens - mu.detach(), mse
 
     def context(self, z: torch.Tensor, tokens: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
@@ -363,22 +367,23 @@ class MARDecoder(nn.Module):
             Scalar mean loss over masked tokens and diffusion samples (plus ``mean_weight`` times
             the mean path's MSE over all tokens, when on).
         """
-        terms = self.loss_terms(z, tokens, generator, weight)
-        return terms["diffusion"] + self.mean_weight * terms["mean_mse"]
+        return self.loss_terms(z, tokens, generator, weight)["loss"]
 
     def loss_terms(self, z: torch.Tensor, tokens: torch.Tensor, generator: torch.Generator | None = None,
                    weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """The two terms of :meth:`loss`: ``diffusion`` (of the residual with the mean path) and
-        ``mean_mse`` (the mean path's weighted MSE; 0 when off)."""
+        """:meth:`loss` (``loss``) and its two terms: ``diffusion`` (of the residual with the mean
+        path) and ``mean_mse`` (the mean path's weighted MSE; 0 when off)."""
         tokens, mean_mse = self.split_mean(z, tokens, weight)
         mask, cond, target, t, noise = self._noised(z, tokens, generator)
         out = self.head(self.diffusion.noisy(target, t, noise), t, cond)
         goal = self.diffusion.target(target, t, noise)
         if weight is None:
-            return {"diffusion": F.mse_loss(out, goal), "mean_mse": mean_mse}
-        w = weight.to(out.dtype)[mask]  # (M,) or (M, c)
-        w = (w[:, None] if w.dim() == 1 else w).expand(-1, out.shape[-1]).repeat(self.diffusion_batch_mul, 1)  # (M * mul, c)
-        return {"diffusion": ((out - goal).square() * w).sum() / w.sum().clamp_min(1e-12), "mean_mse": mean_mse}
+            diffusion = F.mse_loss(out, goal)
+        else:
+            w = weight.to(out.dtype)[mask]  # (M,) or (M, c)
+            w = (w[:, None] if w.dim() == 1 else w).expand(-1, out.shape[-1]).repeat(self.diffusion_batch_mul, 1)  # (M * mul, c)
+            diffusion = weighted_mean((out - goal).square(), w)
+        return {"loss": diffusion + self.mean_weight * mean_mse, "diffusion": diffusion, "mean_mse": mean_mse}
 
     def distill_loss(self, z: torch.Tensor, teacher: MARDecoder, z_teacher: torch.Tensor, tokens: torch.Tensor,
                      generator: torch.Generator | None = None) -> torch.Tensor:

@@ -247,9 +247,7 @@ class EarTalkModel(nn.Module):
             weight = self.token_weights(batch["focus"].to(z.device, z.dtype))  # (B, T, N, c)
             weight = (weight[:, 1:] if mid else weight).flatten(0, 1)
         terms = self.decoder.loss_terms(z.flatten(0, 1), self.to_target(targets, ref_tokens).flatten(0, 1), weight=weight)
-        if self.decoder.mean is None:
-            return {"loss": terms["diffusion"]}
-        return {"loss": terms["diffusion"] + self.decoder.mean_weight * terms["mean_mse"], **terms}
+        return terms if self.decoder.mean is not None else {"loss": terms["loss"]}
 
     def token_weights(self, pixel_weights: torch.Tensor) -> torch.Tensor:
         """Per-pixel weights ``(B, T, 1, R, R)`` -> weights of every token element ``(B, T, N, c)``:
