@@ -146,6 +146,8 @@ class DemoCommand(Command):
         parser.add_argument("--vae-focus", type=float, default=d["vae_focus"],
                             help="VAE reconstruction weight around the eyes and mouth (default 0 = plain L1; docs/training.md, Focus)")
         parser.add_argument("--steps", type=int, default=d["steps"], help="training steps of the AR model")
+        parser.add_argument("--ema-decay", type=float, default=d["ema_decay"],
+                            help="EMA of the model weights while training, sampled with; 0 = off")
         parser.add_argument("--frames", type=int, default=d["frames"], help="frames to generate (25 per second)")
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--probe", help="synthetic probe file (trained and saved there when missing; default OUT/probe.pt)")
@@ -156,7 +158,7 @@ class DemoCommand(Command):
 
         summary = run_demo(
             Path(args.out), preset=args.preset, clips=args.clips, seconds=args.seconds,
-            vae_steps=args.vae_steps, vae_focus=args.vae_focus, steps=args.steps, frames=args.frames, seed=args.seed, probe=args.probe,
+            vae_steps=args.vae_steps, vae_focus=args.vae_focus, ema_decay=args.ema_decay, steps=args.steps, frames=args.frames, seed=args.seed, probe=args.probe,
         )
         if args.json:
             print(json.dumps(summary, indent=2, default=str))

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from eartalk.core.errors import ConfigError
 from eartalk.core.types import VIDEO_FPS, to_uint8
 
 DEMO_CONDITIONS = ("audio", "voice_activity", "head_pose", "blink", "gaze", "emotion")
@@ -113,6 +114,7 @@ def run_demo(
     probe_epochs: int | None = 9,
     emotion_segments: int = 1,
     vae_focus: float = 0.0,
+    ema_decay: float = 0.0,
 ) -> dict[str, Any]:
     """Run the demo into ``out``, write ``summary.json`` and return the summary (paths, figures, timings).
 
@@ -123,6 +125,8 @@ def run_demo(
     ``vae_focus``: the VAE's reconstruction weight around the eyes and mouth (``focus.weight`` of
     the ``vae`` recipe; 0 = the plain L1, the demo's default: at its short budget, 800 VAE + 1,400
     model steps, focus 10 lowered the lip-sync from 0.70 to 0.45; the study's VAE uses it).
+    ``ema_decay``: an exponential moving average of the model's weights while it trains (0 = off),
+    sampled with when on (the study's ``--ema-decay``).
     """
     from eartalk.core.data.synth import synthesize_dataset
     from eartalk.core.engine.presets import PRESETS
@@ -143,6 +147,8 @@ def run_demo(
     )
     from eartalk.recipes.train import load_trained
 
+    if not 0.0 <= ema_decay < 1.0:  # also NaN; fails before minutes of training, not after them
+        raise ConfigError(f"demo: --ema-decay must be in [0, 1) (0 = off), got {ema_decay}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     resolution = PRESETS[preset].resolution
@@ -165,7 +171,7 @@ def run_demo(
     vae_ckpt = train_vae(data, out / "vae", preset, vae_steps, seed, progress, focus=vae_focus)
     timings["vae_train_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    ckpt = train_model(data, out / "model", preset, vae_ckpt, steps, seed, progress)
+    ckpt = train_model(data, out / "model", preset, vae_ckpt, steps, seed, progress, ema_decay=ema_decay)
     timings["model_train_s"] = time.perf_counter() - start
 
     # The held-out clip through the dataset reader (audio features computed from its speech, as in
@@ -243,7 +249,7 @@ def run_demo(
         "probe_on_truth": {k: round(v, 4) for k, v in on_truth.items()},
         "probe_heldout_accuracy": probe_info.get("heldout_accuracy", {}),
         "budget": {"clips": clips, "seconds": seconds, "emotion_segments": emotion_segments, "vae_steps": vae_steps,
-                   "vae_focus": vae_focus,
+                   "vae_focus": vae_focus, "ema_decay": ema_decay,
                    "steps": steps, "preset": preset,
                    "frames": frames},
         "video": str(mp4),

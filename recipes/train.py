@@ -306,14 +306,15 @@ if L is not None:
             return make_record("model", self.arch, self.model.vae, self.model.stack, self.specs)
 
 
-def load_trained(path: str | Path, map_location: str = "cpu") -> Any:
-    """The :class:`EarTalkModel` saved in a ``train`` recipe checkpoint (eval mode).
+def load_trained(path: str | Path, map_location: str = "cpu", use_ema: bool = True) -> Any:
+    """The :class:`EarTalkModel` saved in a ``train`` recipe checkpoint (eval mode; its EMA
+    weights where it has them, unless ``use_ema`` is False).
 
     The same as :func:`eartalk.core.engine.checkpoint.load_model`.
     """
     from eartalk.core.engine.checkpoint import load_model
 
-    return load_model(path, map_location=map_location)
+    return load_model(path, map_location=map_location, use_ema=use_ema)
 
 
 class TrainRecipe(Recipe):

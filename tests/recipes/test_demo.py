@@ -66,17 +66,29 @@ def test_tiny_demo_writes_video_and_summary(tmp_path: Path) -> None:
 
 
 def test_demo_cli_passes_vae_focus(monkeypatch, tmp_path: Path) -> None:
-    """``eartalk demo --vae-focus W`` reaches the demo (default: the plain L1, 0)."""
+    """``eartalk demo --vae-focus W`` and ``--ema-decay D`` reach the demo (default focus: the plain L1, 0)."""
     import argparse
+    import inspect
 
     import eartalk.recipes.demo as demo
     from eartalk.recipes.commands import DemoCommand
 
+    default_ema = inspect.signature(demo.run_demo).parameters["ema_decay"].default
     seen = []
     parser = argparse.ArgumentParser()
     command = DemoCommand()
     command.add_arguments(parser)  # defaults from run_demo's signature, before it is replaced
     monkeypatch.setattr(demo, "run_demo", lambda out, **kw: seen.append(kw) or {})
-    command.run(parser.parse_args(["--out", str(tmp_path), "--vae-focus", "10"]))
+    command.run(parser.parse_args(["--out", str(tmp_path), "--vae-focus", "10", "--ema-decay", "0.99"]))
     command.run(parser.parse_args(["--out", str(tmp_path)]))
     assert [kw["vae_focus"] for kw in seen] == [10.0, 0.0]
+    assert [kw["ema_decay"] for kw in seen] == [0.99, default_ema]
+    monkeypatch.undo()
+    from eartalk.core.errors import ConfigError
+
+    monkeypatch.setattr("eartalk.metrics.probe.get_or_train_probe", lambda *a, **k: pytest.fail("started before refusing"))
+
+    for bad in (1.0, -0.5, float("nan")):  # refused before the probe or anything else is trained
+        with pytest.raises(ConfigError, match=r"--ema-decay must be in \[0, 1\)"):
+            demo.run_demo(tmp_path / "bad", ema_decay=bad)
+    assert not (tmp_path / "bad").exists()

@@ -109,6 +109,9 @@ def test_bad_study_inputs_fail_clearly(tmp_path: Path) -> None:
         StudyConfig(emotion_segments=0)
     with pytest.raises(ConfigError, match="--cfg"):
         StudyConfig(guidance=-1.0)
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ConfigError, match=r"--ema-decay must be in \[0, 1\)"):
+            StudyConfig(ema_decay=bad)
     for bad in ({"vae_focus": -1.0}, {"focus": float("nan")}):
         with pytest.raises(ConfigError, match="--vae-focus and --focus must be >= 0"):
             StudyConfig(**bad)
@@ -135,14 +138,19 @@ def test_study_cli_passes_the_training_data_options(monkeypatch: pytest.MonkeyPa
     command = study.StudyCommand()
     command.add_arguments(parser)
     command.run(parser.parse_args(["--out", "x", "--emotion-segments", "3", "--motion-hz", "0.8", "--cfg", "6", "--json",
-                                   "--vae-focus", "0", "--focus", "20", "--batch-size", "16"]))
+                                   "--vae-focus", "0", "--focus", "20", "--batch-size", "8", "--ema-decay", "0.99",
+                                   "--raw-weights"]))
     assert seen["cfg"].emotion_segments == 3 and seen["cfg"].motion_hz == 0.8 and seen["cfg"].guidance == 6.0
-    assert seen["cfg"].batch_size == 16
+    assert seen["cfg"].batch_size == 8
+    assert (seen["cfg"].ema_decay, seen["cfg"].use_ema) == (0.99, False)
     assert (seen["cfg"].vae_focus, seen["cfg"].focus) == (0.0, 20.0)
     command.run(parser.parse_args(["--out", "x", "--json"]))
     d = study.StudyConfig()
     assert (seen["cfg"].emotion_segments, seen["cfg"].motion_hz, seen["cfg"].guidance) == (d.emotion_segments, d.motion_hz, None)
-    assert seen["cfg"].batch_size == d.batch_size == 4
+    assert seen["cfg"].batch_size == d.batch_size
+    assert (seen["cfg"].ema_decay, seen["cfg"].use_ema) == (d.ema_decay, True)
+    command.run(parser.parse_args(["--out", "x", "--json", "--quick"]))  # the sizes its heavy test was measured with
+    assert (seen["cfg"].batch_size, seen["cfg"].ema_decay, seen["cfg"].steps) == (4, 0.0, 1500)
     assert seen["cfg"].arch == {}
     command.run(parser.parse_args(["--out", "x", "--json", "--arch", "head_width=128", "--arch", "context_noise=1.0",
                                    "--arch", "context_skip=true"]))
@@ -209,6 +217,19 @@ def test_train_model_takes_names_or_whole_specs(tmp_path: Path, monkeypatch: pyt
     assert specs["audio"].options == {"n_mels": 24} and specs["head_pose"].options == {}
 
 
+def test_train_model_keeps_an_ema_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ema_decay`` reaches the train config's trainer (0: no average)."""
+    from eartalk.recipes import study
+    from eartalk.recipes.train import TrainRecipe
+
+    seen = []
+    monkeypatch.setattr(TrainRecipe, "run", lambda self, cfg: seen.append(cfg) or tmp_path / "last.ckpt")
+    for decay in (0.0, 0.999):
+        study.train_model(tmp_path / "data", tmp_path / "run", "tiny", tmp_path / "vae.ckpt", 1, 0, False, latents=False,
+                          ema_decay=decay)
+    assert [c.trainer.ema_decay for c in seen] == [0.0, 0.999]
+
+
 def test_study_training_takes_the_focus_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``vae_focus`` reaches the VAE config and ``focus`` the model's (absent when 0)."""
     from eartalk.recipes import study
@@ -232,20 +253,28 @@ def test_study_trains_main_model_and_ablations_with_its_arch(tmp_path: Path, mon
 
     calls = []
 
-    def fake_train(data, out, preset, vae, steps, seed, progress, arch=None, **kw):
-        calls.append((out.name, dict(arch or {})))
-        if len(calls) == 2:
-            raise RuntimeError("stop")  # both training calls seen: skip the measuring
-        return tmp_path / "m.ckpt"
+    def fake_train(data, out, preset, vae, steps, seed, progress, arch=None, ema_decay=0.0, **kw):
+        calls.append((out.name, dict(arch or {}), ema_decay))
+        return tmp_path / f"{out.name}.ckpt"
+
+    def fake_load(path, use_ema=True, **kw):
+        loads.append((Path(path).name, use_ema))
+        raise RuntimeError("stop")  # every training call seen: skip the measuring
 
     monkeypatch.setattr(study, "train_model", fake_train)
     monkeypatch.setattr(study, "train_vae", lambda *a, **k: tmp_path / "vae.ckpt")
+    monkeypatch.setattr("eartalk.recipes.train.load_trained", fake_load)
     monkeypatch.setattr("eartalk.metrics.probe.get_or_train_probe", lambda *a, **k: (None, {}))
     monkeypatch.setattr("eartalk.core.data.synth.synthesize_dataset", lambda out, **k: out)
-    cfg = StudyConfig(out=str(tmp_path / "s"), arch={"head_width": 128}, ablations=("no_sink",), progress=False)
-    with pytest.raises(RuntimeError, match="stop"):
-        run_study(cfg)
-    assert calls == [("model", {"head_width": 128}), ("ablation_no_sink", {"head_width": 128, "sink_attention": False})]
+    for ema_decay, use_ema in ((0.0, True), (0.999, False)):
+        calls, loads = [], []
+        cfg = StudyConfig(out=str(tmp_path / "s"), arch={"head_width": 128}, ablations=("no_sink",), progress=False,
+                          ema_decay=ema_decay, use_ema=use_ema)
+        with pytest.raises(RuntimeError, match="stop"):
+            run_study(cfg)
+        assert calls == [("model", {"head_width": 128}, ema_decay),
+                         ("ablation_no_sink", {"head_width": 128, "sink_attention": False}, ema_decay)]
+        assert loads == [("model.ckpt", use_ema)]  # the main model is measured with the weights asked for
 
 
 @pytest.mark.parametrize("sizes", [{}, {"probe_identities": 12, "probe_epochs": 2}])
