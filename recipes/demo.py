@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from eartalk.core.errors import ConfigError
 from eartalk.core.types import VIDEO_FPS, to_uint8
 
 DEMO_CONDITIONS = ("audio", "voice_activity", "head_pose", "blink", "gaze", "emotion")
@@ -133,6 +132,7 @@ def run_demo(
     from eartalk.core.media.io import write_video
     from eartalk.metrics.probe import ProbeTraining, get_or_train_probe, pearson, reading_errors
     from eartalk.recipes.common import read_metrics
+    from eartalk.recipes.ema import check_ema_decay
     from eartalk.recipes.study import (
         AUDIO_CONDITIONS,
         block_permutation,
@@ -147,8 +147,7 @@ def run_demo(
     )
     from eartalk.recipes.train import load_trained
 
-    if not 0.0 <= ema_decay < 1.0:  # also NaN; fails before minutes of training, not after them
-        raise ConfigError(f"demo: --ema-decay must be in [0, 1) (0 = off), got {ema_decay}")
+    check_ema_decay(ema_decay, "demo: --ema-decay")  # before minutes of training, not after them
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     resolution = PRESETS[preset].resolution

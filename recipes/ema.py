@@ -34,6 +34,12 @@ except ImportError:  # pragma: no cover
     L = None  # type: ignore[assignment]
 
 
+def check_ema_decay(decay: float, what: str) -> None:
+    """Refuse an EMA decay outside ``[0, 1)`` (0 = off; NaN too), naming the option ``what``."""
+    if not 0.0 <= decay < 1.0:
+        raise ConfigError(f"{what} must be in [0, 1) (0 = off), got {decay}")
+
+
 def _unwrap_name(name: str) -> str:
     """Parameter name without activation-checkpointing wrapper prefixes (as in ``state_dict`` keys)."""
     return name.replace("._checkpoint_wrapped_module", "").replace("_checkpoint_wrapped_module.", "")

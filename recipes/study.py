@@ -170,8 +170,9 @@ class StudyConfig:
             raise ConfigError("study: clips, heldout, vae_steps, steps, ablation_steps, threads and emotion_segments must be >= 1")
         if not (self.vae_focus >= 0 and self.focus >= 0):  # also NaN
             raise ConfigError(f"study: --vae-focus and --focus must be >= 0 (0 = off), got {self.vae_focus} and {self.focus}")
-        if not 0.0 <= self.ema_decay < 1.0:  # also NaN
-            raise ConfigError(f"study: --ema-decay must be in [0, 1) (0 = off), got {self.ema_decay}")
+        from eartalk.recipes.ema import check_ema_decay
+
+        check_ema_decay(self.ema_decay, "study: --ema-decay")
         if self.guidance is not None and not self.guidance >= 0:
             raise ConfigError(f"study: --cfg must be >= 0, got {self.guidance}")
         from eartalk.core.data.synth import MIN_MOTION_HZ
@@ -822,7 +823,7 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
                    "emotion_segments": cfg.emotion_segments, "motion_hz": cfg.motion_hz,
                    "vae_steps": cfg.vae_steps if not cfg.vae_checkpoint else "checkpoint",
                    "steps": cfg.steps if not cfg.checkpoint else "checkpoint", "ablation_steps": cfg.ablation_steps,
-                   "batch_size": cfg.batch_size, "ema_decay": cfg.ema_decay, "weights": "ema" if cfg.use_ema else "raw",
+                   "batch_size": cfg.batch_size, "ema_decay": cfg.ema_decay, "weights": "ema where a checkpoint has one" if cfg.use_ema else "raw",
                    "vae_focus": cfg.vae_focus if not cfg.vae_checkpoint else "checkpoint",
                    "focus": cfg.focus, "arch": dict(cfg.arch) if not cfg.checkpoint else "checkpoint",
                    "vae_minutes": minutes["vae"], "model_minutes": minutes["model"],
