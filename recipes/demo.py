@@ -104,7 +104,7 @@ def run_demo(
     clips: int = 200,
     seconds: float = 1.0,
     vae_steps: int = 800,
-    steps: int = 1400,
+    steps: int = 2200,
     frames: int = 500,
     seed: int = 0,
     probe: str | Path | None = None,
