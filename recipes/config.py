@@ -190,7 +190,10 @@ def arch_from(model: ModelConfig, source: str = "<config>") -> Any:
 
 
 def validate_common(config: Any, source: str) -> None:
-    """Checks shared by the recipes: model preset/arch overrides and condition plugins."""
+    """Checks shared by the recipes: model preset/arch overrides, condition plugins, the EMA decay."""
+    from eartalk.recipes.ema import check_ema_decay
+
+    check_ema_decay(getattr(getattr(config, "trainer", None), "ema_decay", 0.0), f"{source}: trainer.ema_decay")
     arch = arch_from(config.model, source)
     if getattr(config, "conditions", None) is not None:
         if not config.conditions:

@@ -381,6 +381,16 @@ def test_finetune_keep_needs_init_from_and_a_sane_weight(synth_data: Path, vae_r
         TrainRecipe().run(train_config(tmp_path / "b", synth_data, vae, 1, finetune={"keep": -1.0}))
 
 
+def test_bad_ema_decay_is_refused_before_training() -> None:
+    """Both recipes refuse a decay outside [0, 1) when the config is checked (a negative or NaN
+    decay used to turn the average off without a word)."""
+    for recipe, cfg_type in ((TrainRecipe, TrainConfig), (VAERecipe, VAEConfig)):
+        for bad in (-0.5, float("nan"), 1.0):
+            with pytest.raises(ConfigError, match=r"run.yaml: trainer.ema_decay must be in \[0, 1\)"):
+                recipe.validate(structure({"trainer": {"ema_decay": bad}}, cfg_type), "run.yaml")
+        recipe.validate(structure({"trainer": {"ema_decay": 0.999}}, cfg_type), "run.yaml")  # a good one passes
+
+
 def test_focus_weights_reach_both_recipes_and_need_keypoints(synth_data: Path, vae_run: Path, tmp_path: Path,
                                                              monkeypatch) -> None:
     """``focus.weight`` gives the VAE loss per-pixel weights peaking on the eyes and mouth of the
@@ -418,3 +428,4 @@ def test_focus_weights_reach_both_recipes_and_need_keypoints(synth_data: Path, v
                          ({"weight": 5.0, "points": ["left_ey"]}, "did you mean 'left_eye'")):
         with pytest.raises(ConfigError, match=message):
             VAERecipe.validate(structure({"focus": bad}, VAEConfig), "vae.yaml")
+
