@@ -96,8 +96,9 @@ class StudyConfig:
             (each ablation adds its own switch); none by default (the wider head and the context
             skip were measured and did not change a target's side: docs/study.md, "Why the
             controls are not learnt").
-        steps: main model training steps (6,000 since 2026-12-03, with batches of 16: VAE +
-            model 38 min on 2 cores, inside the issue's 45; 4,000 before).
+        steps: main model training steps (4,500 since 2026-12-04, in batches of 16: VAE +
+            model 41.2 min on the slower of the two 2-core machines measured, where 6,000 took
+            55.5 and on the faster 38.1; docs/study.md. 4,000 before 2026-12-03).
         ablation_steps: training steps of every ablation variant (the same for all; equal to
             ``steps`` reuses the main model as the ``sink`` variant).
         ablations: variants to train and measure (keys of :data:`ABLATIONS`).
@@ -122,6 +123,11 @@ class StudyConfig:
             held-out truth frames, too weak to score those controls).
         guidance: classifier-free guidance scale the streams are sampled with (``--cfg``; None:
             each checkpoint's own default, ``arch.sampling.cfg``).
+        cfg_separate: controls guided with a scale of their own (``--cfg-separate NAME=SCALE``,
+            ``sampling.cfg_separate``; each costs one more backbone pass per frame; empty: each
+            checkpoint's own).
+        temperature: the diffusion sampler's noise scale (``--temperature``; None: each
+            checkpoint's own, 1).
         threads: torch intra-op threads.
         seed: seed of data, training and sampling.
         progress: progress bars.
@@ -137,7 +143,7 @@ class StudyConfig:
     vae_focus: float = 10.0
     focus: float = 0.0
     arch: dict[str, Any] = attrs.field(factory=dict)
-    steps: int = 6000
+    steps: int = 4500
     ablation_steps: int = 600
     ablations: tuple[str, ...] = ("sink", "no_sink", "no_adaln_identity")
     batch_size: int = 16
@@ -153,6 +159,8 @@ class StudyConfig:
     probe_identities: int | None = None
     probe_epochs: int | None = None
     guidance: float | None = None
+    cfg_separate: dict[str, float] = attrs.field(factory=dict)
+    temperature: float | None = None
     threads: int = 2
     seed: int = 0
     progress: bool = True
@@ -175,6 +183,15 @@ class StudyConfig:
         check_ema_decay(self.ema_decay, "study: --ema-decay")
         if self.guidance is not None and not self.guidance >= 0:
             raise ConfigError(f"study: --cfg must be >= 0, got {self.guidance}")
+        if self.temperature is not None and not self.temperature >= 0:
+            raise ConfigError(f"study: --temperature must be >= 0, got {self.temperature}")
+        bad = {k: v for k, v in self.cfg_separate.items() if not v >= 0}
+        if bad:
+            raise ConfigError(f"study: --cfg-separate scales must be >= 0, got {bad}")
+        unknown = sorted(set(self.cfg_separate) - set(STUDY_CONDITIONS))
+        if unknown and not self.checkpoint:  # a given checkpoint's own stack is checked when it is loaded
+            raise ConfigError(f"study: --cfg-separate names {unknown}, not controls of the study's stack; "
+                              f"choose from {', '.join(STUDY_CONDITIONS)}")
         from eartalk.core.data.synth import MIN_MOTION_HZ
 
         if not self.motion_hz > MIN_MOTION_HZ:
@@ -267,8 +284,19 @@ def train_model(data: Path, out: Path, preset: str, vae: Path, steps: int, seed:
 # ---------------------------------------------------------------------------------------------
 # held-out clips and streaming
 # ---------------------------------------------------------------------------------------------
-def with_guidance(model: Any, scale: float | None) -> Any:
-    """``model`` whose sessions sample with guidance ``scale`` by default (None: unchanged)."""
+def with_guidance(model: Any, scale: float | None, separate: dict[str, float] | None = None,
+                  temperature: float | None = None) -> Any:
+    """``model`` whose sessions sample with guidance ``scale`` (None: unchanged), the controls
+    of ``separate`` with scales of their own (empty: unchanged) and the diffusion noise scaled by
+    ``temperature`` (None: unchanged) by default."""
+    if temperature is not None:
+        model.set_sampling(temperature=float(temperature))
+    if separate:
+        unknown = sorted(set(separate) - set(model.stack.names))
+        if unknown:
+            raise ConfigError(f"study: --cfg-separate names {unknown}, not controls of this model; "
+                              f"choose from {', '.join(model.stack.names)}")
+        model.set_sampling(cfg_separate={**model.arch.sampling.cfg_separate, **separate})
     return model if scale is None else model.set_sampling(cfg=float(scale))
 
 
@@ -624,7 +652,7 @@ def _fmt(value: Any) -> str:
 
 TARGETS = {"drift_l1_late_over_early": ("<=", 1.25), "psnr_late_db": (">=", 22.0), "yaw_mae_deg": ("<=", 4.0),
            "blink_f1": (">=", 0.8), "emotion_accuracy": (">=", 0.7), "mouth_corr": (">=", 0.7),
-           "mouth_corr_shuffled": ("<=", 0.2)}
+           "mouth_corr_shuffled": ("<=", 0.2), "train_minutes": ("<=", 45.0)}
 
 
 #: The baseline each control figure is read against (report.md's baseline column).
@@ -645,12 +673,25 @@ def vae_ceiling_lines(report: dict[str, Any]) -> list[str]:
     return [*lines, *(f"| {k} | {_fmt(report.get(f'truth_{k}'))} | {_fmt(report[f'vae_{k}'])} |" for k in ceiling), ""]
 
 
+def steps_within_budget(budget: dict[str, Any]) -> int | None:
+    """Main-model steps that would have kept VAE + model inside the training-minutes target at the
+    pace of this run; None when the run kept inside it or did not train both here."""
+    limit = TARGETS["train_minutes"][1]
+    vae, model, steps = budget.get("vae_minutes"), budget.get("model_minutes"), budget.get("steps")
+    if not (isinstance(steps, int) and vae and model) or vae + model <= limit:
+        return None
+    fits = max(1, int(steps * max(0.0, limit - vae) / model))
+    return fits // 100 * 100 if fits >= 100 else fits  # whole hundreds where that means anything
+
+
 def write_markdown(path: Path, report: dict[str, Any]) -> Path:
     """``report.md``: budget, headline table against the issue's targets, ablations, probe accuracy."""
     lines = ["# eartalk study", "", f"Generated {report['finished']} on this machine ({report['threads']} threads).", ""]
     if report.get("sampling"):
         s = report["sampling"]
-        lines += [f"Sampling: guidance (cfg) {s['cfg']}, MAR steps {s['steps']}, diffusion steps {s['denoise_steps']}.", ""]
+        separate = "".join(f", {k} {v:g}" for k, v in (s.get("cfg_separate") or {}).items())
+        lines += [f"Sampling: guidance (cfg) {s['cfg']}{separate and ' (own scales:' + separate[1:] + ')'}, "
+                  f"MAR steps {s['steps']}, diffusion steps {s['denoise_steps']}, temperature {s.get('temperature', 1.0):g}.", ""]
     b = report["budget"]
     lines += ["## Training budget", "",
               f"- data: {b['clips']} synthetic training identities x {b['seconds']} s at {b['resolution']} px "
@@ -671,10 +712,16 @@ def write_markdown(path: Path, report: dict[str, Any]) -> Path:
         base = report.get(BASELINES.get(key, ""), "")
         op, target = TARGETS.get(key, ("", None))
         met = ""
-        if target is not None and isinstance(value, float) and not math.isnan(value):
+        if key == "train_minutes" and not value:  # VAE and model from checkpoints: not trained in this run
+            met = "not trained here"
+        elif target is not None and isinstance(value, float) and not math.isnan(value):
             met = "yes" if (value <= target if op == "<=" else value >= target) else "no"
         lines.append(f"| {key} | {_fmt(value)} | {_fmt(base) if base != '' else ''} | {f'{op} {target}' if target else ''} | {met} |")
     lines += ["", f"VAE alone on the same clips: L1 {report['vae_l1']:.3f}, PSNR {report['vae_psnr_db']:.2f} dB.", ""]
+    fits = steps_within_budget(b)
+    if fits is not None:
+        lines += [f"VAE + model took {report['train_minutes']:.1f} min, over the {TARGETS['train_minutes'][1]:g}-minute "
+                  f"budget on this machine: at this run's pace `--steps {fits}` would fit.", ""]
     if "yaw_gain_tf" in report:
         lines += ["One-step control response (every frame made from the true previous frame, one control "
                   "changed; 1 / closed 1, open 0 / the probe's accuracy = obeyed): "
@@ -781,7 +828,7 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
         checkpoints[f"ablation_{name}"] = str(ablation_ckpts[name][0])
     minutes["ablations"] = sum(m for p, m in ablation_ckpts.values() if p != main_ckpt)
 
-    model = with_guidance(load_trained(main_ckpt, use_ema=cfg.use_ema), cfg.guidance)
+    model = with_guidance(load_trained(main_ckpt, use_ema=cfg.use_ema), cfg.guidance, cfg.cfg_separate, cfg.temperature)
     items = load_heldout(heldout_root, model.stack, cfg.eval_frames)
     frames = cfg.eval_frames
     main = measure(model, items, probe, frames, "main model", cfg.seed, cfg.progress)
@@ -795,7 +842,7 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
         if path == main_ckpt:
             res = dict(main)
         else:
-            variant = with_guidance(load_trained(path, use_ema=cfg.use_ema), cfg.guidance)
+            variant = with_guidance(load_trained(path, use_ema=cfg.use_ema), cfg.guidance, cfg.cfg_separate, cfg.temperature)
             res = measure(variant, items, probe, frames, f"ablation {name}", cfg.seed, cfg.progress)
             res["fps"] = single_stream_fps(variant, items[0])
             curves[name] = res
@@ -803,7 +850,8 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
         ablations[name] = res
     untrained = None
     if cfg.untrained:
-        untrained = measure(with_guidance(untrained_model(main_ckpt), cfg.guidance), items, probe, frames, "untrained model", cfg.seed, cfg.progress)
+        plain = with_guidance(untrained_model(main_ckpt), cfg.guidance, cfg.cfg_separate, cfg.temperature)
+        untrained = measure(plain, items, probe, frames, "untrained model", cfg.seed, cfg.progress)
         curves["untrained"] = untrained
     files = {"report_json": str(out / "report.json"), "report_md": str(out / "report.md")}
     for i, path in enumerate(_plots(out, curves, main, items, probe, floor)):
@@ -898,6 +946,11 @@ class StudyCommand(Command):
         parser.add_argument("--probe", help="synthetic probe file (trained and saved there when missing; default OUT/probe.pt)")
         parser.add_argument("--cfg", type=float, dest="guidance",
                             help="guidance scale of the measured streams (default: each checkpoint's own)")
+        parser.add_argument("--cfg-separate", action="append", default=[], metavar="NAME=SCALE",
+                            help="guide control NAME with a scale of its own (repeatable; sampling.cfg_separate), "
+                                 "e.g. --cfg-separate blink=6")
+        parser.add_argument("--temperature", type=float,
+                            help="noise scale of the diffusion sampler in the measured streams (default: each checkpoint's own)")
         parser.add_argument("--threads", type=int, default=d.threads, help="torch threads")
         parser.add_argument("--seed", type=int, default=d.seed)
         parser.add_argument("--json", action="store_true", help="print the headline figures as JSON")
@@ -906,8 +959,12 @@ class StudyCommand(Command):
         fields = {"preset": args.preset, "threads": args.threads, "seed": args.seed, "vae_checkpoint": args.vae_checkpoint,
                   "checkpoint": args.checkpoint, "ablation_checkpoints": _parse_pairs(args.ablation_checkpoint),
                   "probe": args.probe, "untrained": not args.no_untrained, "use_ema": not args.raw_weights}
+        if args.cfg_separate:
+            from eartalk.recipes.commands import parse_scales
+
+            fields["cfg_separate"] = parse_scales(args.cfg_separate)
         for key in ("clips", "seconds", "emotion_segments", "motion_hz", "vae_steps", "vae_focus", "focus", "steps",
-                    "batch_size", "ema_decay", "ablation_steps", "heldout", "eval_frames", "guidance"):
+                    "batch_size", "ema_decay", "ablation_steps", "heldout", "eval_frames", "guidance", "temperature"):
             if getattr(args, key) is not None:
                 fields[key] = getattr(args, key)
         if args.arch:

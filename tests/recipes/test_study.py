@@ -119,6 +119,12 @@ def test_bad_study_inputs_fail_clearly(tmp_path: Path) -> None:
         StudyConfig(arch={"head_widht": 256})
     with pytest.raises(ConfigError, match="context_noise must be >= 0"):  # ModelArch's own checks run too
         StudyConfig(arch={"context_noise": -1.0})
+    with pytest.raises(ConfigError, match=r"--cfg-separate names \['blnk'\], not controls of the study's stack"):
+        StudyConfig(cfg_separate={"blnk": 4.0})
+    with pytest.raises(ConfigError, match="--cfg-separate scales must be >= 0"):
+        StudyConfig(cfg_separate={"blink": float("nan")})
+    with pytest.raises(ConfigError, match="--temperature must be >= 0"):
+        StudyConfig(temperature=-0.5)
 
 
 def test_study_cli_passes_the_training_data_options(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -155,6 +161,13 @@ def test_study_cli_passes_the_training_data_options(monkeypatch: pytest.MonkeyPa
     command.run(parser.parse_args(["--out", "x", "--json", "--arch", "head_width=128", "--arch", "context_noise=1.0",
                                    "--arch", "context_skip=true"]))
     assert seen["cfg"].arch == {"head_width": 128, "context_noise": 1.0, "context_skip": True}
+    assert seen["cfg"].cfg_separate == {}
+    command.run(parser.parse_args(["--out", "x", "--json", "--cfg-separate", "blink=6", "--cfg-separate", "head_pose=4.5"]))
+    assert seen["cfg"].cfg_separate == {"blink": 6.0, "head_pose": 4.5} and seen["cfg"].temperature is None
+    command.run(parser.parse_args(["--out", "x", "--json", "--temperature", "0.7"]))
+    assert seen["cfg"].temperature == 0.7
+    with pytest.raises(ConfigError, match="expected NAME=SCALE"):
+        command.run(parser.parse_args(["--out", "x", "--cfg-separate", "blink"]))
     with pytest.raises(ConfigError, match="key=value"):
         command.run(parser.parse_args(["--out", "x", "--arch", "head_width"]))
     with pytest.raises(ConfigError, match=r"unknown key 'head_widht' \(did you mean 'head_width'\?\)"):
@@ -170,6 +183,13 @@ def test_with_guidance_sets_the_sessions_default_cfg() -> None:
     before = model.arch.sampling.cfg
     assert with_guidance(model, None).arch.sampling.cfg == before
     assert with_guidance(model, 7.5).sampling().cfg == 7.5
+    assert model.sampling().cfg_separate == {}
+    with_guidance(model, None, {"blink": 6.0})
+    assert (model.sampling().cfg, model.sampling().cfg_separate) == (7.5, {"blink": 6.0})
+    assert with_guidance(model, None, temperature=0.5).sampling().temperature == 0.5
+    assert model.sampling().cfg_separate == {"blink": 6.0}  # the other fields stay
+    with pytest.raises(ConfigError, match=r"--cfg-separate names \['hat'\], not controls of this model"):
+        with_guidance(model, None, {"hat": 2.0})
 
 
 def test_study_command_is_registered() -> None:
@@ -420,3 +440,43 @@ def test_vae_floor_reads_the_controls_the_vae_keeps(tmp_path: Path) -> None:
     table = "\n".join(vae_ceiling_lines(loses))
     assert "| blink_f1 | 1.000 | 0.000 |" in table, table
     assert vae_ceiling_lines({"vae_l1": 0.1}) == []
+
+
+def markdown_report(**overrides) -> dict:
+    """A report as ``run_study`` builds it, with only what ``write_markdown`` reads."""
+    report = {k: 0.5 for k in REPORT_KEYS}
+    report.update(finished="now", threads=2, identities=1, eval_frames=100, vae_l1=0.03, vae_psnr_db=25.0,
+                  gaze_error=0.5, mouth_closed_in_pauses=0.9, l1_early=0.05, l1_late=0.05, train_minutes=50.0,
+                  probe={"heldout_accuracy": {}}, ablations={}, files={},
+                  sampling={"cfg": 3.0, "steps": 2, "denoise_steps": 4, "cfg_separate": {"blink": 6.0}, "temperature": 0.8},
+                  budget={"clips": 4, "seconds": 1.0, "resolution": 64, "preset": "tiny", "vae_steps": 10, "steps": 10,
+                          "ablation_steps": 5, "vae_minutes": 5.0, "model_minutes": 45.0, "ablation_minutes": 0.0,
+                          "total_minutes": 50.0})
+    report.update(overrides)
+    return report
+
+
+def test_report_md_judges_the_training_minutes_and_states_the_sampling(tmp_path: Path) -> None:
+    from eartalk.recipes.study import write_markdown
+
+    def row(text: str, key: str) -> list[str]:
+        return [c.strip() for c in next(line for line in text.splitlines() if line.startswith(f"| {key} |")).split("|")[1:-1]]
+
+    text = write_markdown(tmp_path / "r.md", markdown_report()).read_text()
+    assert row(text, "train_minutes") == ["train_minutes", "50.000", "", "<= 45.0", "no"]
+    assert "guidance (cfg) 3.0 (own scales: blink 6), MAR steps 2, diffusion steps 4, temperature 0.8." in text
+    # 45 - 5 min of VAE leave 40 for the model, which ran 10 steps in 45 min: 8.9 steps
+    assert "over the 45-minute budget on this machine: at this run's pace `--steps 8` would fit." in text
+    budget = {**markdown_report()["budget"], "steps": 6000, "vae_minutes": 6.9, "model_minutes": 48.6}
+    text = write_markdown(tmp_path / "r.md", markdown_report(budget=budget, train_minutes=55.5)).read_text()
+    assert "`--steps 4700` would fit" in text  # 6000 * 38.1 / 48.6 = 4703
+    text = write_markdown(tmp_path / "r.md", markdown_report(train_minutes=30.0)).read_text()
+    assert row(text, "train_minutes")[-1] == "yes"
+    budget = {**budget, "model_minutes": 30.0}
+    text = write_markdown(tmp_path / "r.md", markdown_report(budget=budget, train_minutes=36.9)).read_text()
+    assert "would fit" not in text
+    text = write_markdown(tmp_path / "r.md", markdown_report(train_minutes=0.0)).read_text()  # from checkpoints
+    assert row(text, "train_minutes")[-1] == "not trained here"
+    budget = {**markdown_report()["budget"], "steps": "checkpoint", "vae_minutes": 0.0, "model_minutes": 0.0}
+    assert "would fit" not in write_markdown(tmp_path / "r.md", markdown_report(budget=budget, train_minutes=0.0)).read_text()
+    assert row(text, "blink_f1") == ["blink_f1", "0.500", "", ">= 0.8", "no"]
