@@ -475,8 +475,9 @@ def test_report_md_judges_the_training_minutes_and_states_the_sampling(tmp_path:
     budget = {**budget, "model_minutes": 30.0}
     text = write_markdown(tmp_path / "r.md", markdown_report(budget=budget, train_minutes=36.9)).read_text()
     assert "would fit" not in text
-    text = write_markdown(tmp_path / "r.md", markdown_report(train_minutes=0.0)).read_text()  # from checkpoints
-    assert row(text, "train_minutes")[-1] == "not trained here"
-    budget = {**markdown_report()["budget"], "steps": "checkpoint", "vae_minutes": 0.0, "model_minutes": 0.0}
-    assert "would fit" not in write_markdown(tmp_path / "r.md", markdown_report(budget=budget, train_minutes=0.0)).read_text()
+    for part, minutes in (("vae_steps", "vae_minutes"), ("steps", "model_minutes")):  # one part from a checkpoint
+        budget = {**markdown_report()["budget"], part: "checkpoint", minutes: 0.0}
+        text = write_markdown(tmp_path / "r.md", markdown_report(budget=budget, train_minutes=30.0)).read_text()
+        assert row(text, "train_minutes")[-1] == "not all trained here"
+        assert "would fit" not in text
     assert row(text, "blink_f1") == ["blink_f1", "0.500", "", ">= 0.8", "no"]
