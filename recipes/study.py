@@ -54,7 +54,7 @@ import numpy as np
 import torch
 
 from eartalk.core.commands import Command
-from eartalk.core.errors import ConfigError, InputError
+from eartalk.core.errors import ConfigError, InputError, did_you_mean
 from eartalk.core.types import VIDEO_FPS, to_uint8
 
 STUDY_CONDITIONS = ("audio", "voice_activity", "head_pose", "blink", "gaze", "emotion")
@@ -190,8 +190,8 @@ class StudyConfig:
             raise ConfigError(f"study: --cfg-separate scales must be >= 0, got {bad}")
         unknown = sorted(set(self.cfg_separate) - set(STUDY_CONDITIONS))
         if unknown and not self.checkpoint:  # a given checkpoint's own stack is checked when it is loaded
-            raise ConfigError(f"study: --cfg-separate names {unknown}, not controls of the study's stack; "
-                              f"choose from {', '.join(STUDY_CONDITIONS)}")
+            raise ConfigError(f"study: --cfg-separate names {unknown}, not controls of the study's stack"
+                              f"{did_you_mean(unknown[0], STUDY_CONDITIONS)}; choose from {', '.join(STUDY_CONDITIONS)}")
         from eartalk.core.data.synth import MIN_MOTION_HZ
 
         if not self.motion_hz > MIN_MOTION_HZ:
@@ -291,11 +291,7 @@ def with_guidance(model: Any, scale: float | None, separate: dict[str, float] | 
     ``temperature`` (None: unchanged) by default."""
     if temperature is not None:
         model.set_sampling(temperature=float(temperature))
-    if separate:
-        unknown = sorted(set(separate) - set(model.stack.names))
-        if unknown:
-            raise ConfigError(f"study: --cfg-separate names {unknown}, not controls of this model; "
-                              f"choose from {', '.join(model.stack.names)}")
+    if separate:  # names outside the model's stack are refused when its first session opens
         model.set_sampling(cfg_separate={**model.arch.sampling.cfg_separate, **separate})
     return model if scale is None else model.set_sampling(cfg=float(scale))
 
@@ -689,8 +685,8 @@ def write_markdown(path: Path, report: dict[str, Any]) -> Path:
     lines = ["# eartalk study", "", f"Generated {report['finished']} on this machine ({report['threads']} threads).", ""]
     if report.get("sampling"):
         s = report["sampling"]
-        separate = "".join(f", {k} {v:g}" for k, v in (s.get("cfg_separate") or {}).items())
-        lines += [f"Sampling: guidance (cfg) {s['cfg']}{separate and ' (own scales:' + separate[1:] + ')'}, "
+        own = ", ".join(f"{k} {v:g}" for k, v in (s.get("cfg_separate") or {}).items())
+        lines += [f"Sampling: guidance (cfg) {s['cfg']}{f' (own scales: {own})' if own else ''}, "
                   f"MAR steps {s['steps']}, diffusion steps {s['denoise_steps']}, temperature {s.get('temperature', 1.0):g}.", ""]
     b = report["budget"]
     lines += ["## Training budget", "",

@@ -119,7 +119,8 @@ def test_bad_study_inputs_fail_clearly(tmp_path: Path) -> None:
         StudyConfig(arch={"head_widht": 256})
     with pytest.raises(ConfigError, match="context_noise must be >= 0"):  # ModelArch's own checks run too
         StudyConfig(arch={"context_noise": -1.0})
-    with pytest.raises(ConfigError, match=r"--cfg-separate names \['blnk'\], not controls of the study's stack"):
+    with pytest.raises(ConfigError, match=r"--cfg-separate names \['blnk'\], not controls of the study's stack "
+                                          r"\(did you mean 'blink'\?\)"):
         StudyConfig(cfg_separate={"blnk": 4.0})
     with pytest.raises(ConfigError, match="--cfg-separate scales must be >= 0"):
         StudyConfig(cfg_separate={"blink": float("nan")})
@@ -188,8 +189,8 @@ def test_with_guidance_sets_the_sessions_default_cfg() -> None:
     assert (model.sampling().cfg, model.sampling().cfg_separate) == (7.5, {"blink": 6.0})
     assert with_guidance(model, None, temperature=0.5).sampling().temperature == 0.5
     assert model.sampling().cfg_separate == {"blink": 6.0}  # the other fields stay
-    with pytest.raises(ConfigError, match=r"--cfg-separate names \['hat'\], not controls of this model"):
-        with_guidance(model, None, {"hat": 2.0})
+    with pytest.raises(InputError, match=r"sampling.cfg_separate names conditions not in the stack: \['hat'\]"):
+        with_guidance(model, None, {"hat": 2.0}).session(torch.zeros(3, 64, 64))  # refused before any frame
 
 
 def test_study_command_is_registered() -> None:
